@@ -1,0 +1,1 @@
+"""Catalog: the brand's central product library, dealers, stores and what each store lists."""

@@ -1,0 +1,183 @@
+"""The whole suite as child processes: infrastructure, schema bootstrap, migrations, five services.
+
+`omo up`, the test session and the benchmark all start the suite through this one class."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.runtime import config, dbadmin
+
+from .infra import EmbeddedNats, EmbeddedPostgres, free_port, stop_process
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class StackOptions:
+    home: pathlib.Path = ROOT / ".omo"
+    database_url: str | None = None  # external Postgres (admin URL); None starts the embedded one
+    nats_url: str | None = None  # external NATS; None starts the embedded one
+    pg_port: int = 54329
+    nats_port: int = 4222
+    grpc_ports: dict[str, int] = field(default_factory=lambda: dict(config.GRPC_PORTS))
+    metrics_ports: dict[str, int] = field(default_factory=lambda: dict(config.METRICS_PORTS))
+    durable: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> StackOptions:
+        opts = cls(database_url=os.environ.get("DATABASE_URL") or None, nats_url=os.environ.get("NATS_URL") or None)
+        for key, value in overrides.items():
+            setattr(opts, key, value)
+        return opts
+
+    @classmethod
+    def isolated(cls, home: pathlib.Path, **overrides: object) -> StackOptions:
+        """Every port free-picked: for tests and benchmarks that must not collide with a running `omo up`."""
+        opts = cls.from_env(home=home, pg_port=free_port(), nats_port=free_port(),
+                            grpc_ports={s: free_port() for s in config.SERVICES},
+                            metrics_ports={s: free_port() for s in config.SERVICES})
+        for key, value in overrides.items():
+            setattr(opts, key, value)
+        return opts
+
+
+class Stack:
+    def __init__(self, options: StackOptions):
+        self.opts = options
+        self.pg: EmbeddedPostgres | None = None
+        self.nats: EmbeddedNats | None = None
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs = options.home / "logs"
+
+    # -- addresses ---------------------------------------------------------------------------------------
+    @property
+    def admin_url(self) -> str:
+        return self.opts.database_url or (self.pg.url if self.pg else "")
+
+    @property
+    def nats_url(self) -> str:
+        return self.opts.nats_url or (self.nats.url if self.nats else "")
+
+    def address(self, service: str) -> str:
+        return f"127.0.0.1:{self.opts.grpc_ports[service]}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({"DATABASE_URL": self.admin_url, "NATS_URL": self.nats_url, "PYTHONUNBUFFERED": "1"})
+        for svc in config.SERVICES:
+            env[f"OMO_{svc.upper()}_PORT"] = str(self.opts.grpc_ports[svc])
+            env[f"OMO_{svc.upper()}_METRICS_PORT"] = str(self.opts.metrics_ports[svc])
+            env[f"OMO_{svc.upper()}_ADDR"] = self.address(svc)
+        env.setdefault("OMO_LOG_FORMAT", "json")
+        env.update(self.opts.extra_env)
+        return env
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        try:
+            self.start_infra()
+            self.bootstrap()
+            self.migrate()
+            for svc in config.SERVICES:
+                self.start_service(svc)
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def start_infra(self) -> None:
+        if not self.opts.database_url:
+            self.pg = EmbeddedPostgres(self.opts.home / "pg", self.opts.pg_port, durable=self.opts.durable)
+            self.pg.start(self.logs / "postgres.log")
+        if not self.opts.nats_url:
+            self.nats = EmbeddedNats(self.opts.home / "nats", self.opts.nats_port)
+            self.nats.start(self.logs / "nats.log")
+
+    def bootstrap(self) -> None:
+        asyncio.run(dbadmin.bootstrap(self.admin_url, config.SERVICES))
+
+    def migrate(self) -> None:
+        def one(svc: str) -> None:
+            result = subprocess.run([sys.executable, "-m", f"services.{svc}", "migrate"], env=self.env(),
+                                    cwd=ROOT, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"migrating {svc} failed:\n{result.stderr[-4000:]}")
+
+        with ThreadPoolExecutor(len(config.SERVICES)) as pool:
+            list(pool.map(one, config.SERVICES))
+
+    def start_service(self, svc: str) -> None:
+        log = open(self.logs / f"{svc}.log", "ab")  # noqa: SIM115 - the child owns it
+        self.procs[svc] = subprocess.Popen([sys.executable, "-m", f"services.{svc}"], env=self.env(), cwd=ROOT,
+                                           stdout=log, stderr=subprocess.STDOUT)
+
+    def stop_service(self, svc: str, sig: int = signal.SIGTERM) -> None:
+        stop_process(self.procs.get(svc), sig, 20)
+
+    def restart_nats(self) -> None:
+        """Stop and start the embedded NATS on the same port and data dir (fault-injection tests)."""
+        assert self.nats is not None, "only the embedded NATS can be restarted"
+        self.nats.stop()
+        self.nats.start(self.logs / "nats.log")
+
+    def wait_healthy(self, timeout_s: float = 60, services: tuple[str, ...] = config.SERVICES) -> None:
+        deadline = time.monotonic() + timeout_s
+        for svc in services:
+            with grpc.insecure_channel(self.address(svc)) as ch:
+                stub = health_pb2_grpc.HealthStub(ch)
+                while True:
+                    proc = self.procs.get(svc)
+                    if proc is not None and proc.poll() is not None:
+                        raise RuntimeError(f"{svc} exited with {proc.returncode}:\n{self.tail(svc)}")
+                    try:
+                        reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                            break
+                    except grpc.RpcError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{svc} not healthy within {timeout_s}s:\n{self.tail(svc)}")
+                    time.sleep(0.2)
+
+    def health(self) -> dict[str, str]:
+        result = {}
+        for svc in config.SERVICES:
+            with grpc.insecure_channel(self.address(svc)) as ch:
+                try:
+                    reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    result[svc] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                except grpc.RpcError as err:
+                    result[svc] = err.code().name
+        return result
+
+    def tail(self, name: str, lines: int = 40) -> str:
+        path = self.logs / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for svc in list(self.procs):
+            stop_process(self.procs[svc], signal.SIGTERM, 20)
+        self.procs.clear()
+        if self.nats:
+            self.nats.stop()
+        if self.pg:
+            self.pg.stop()

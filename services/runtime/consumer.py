@@ -1,0 +1,221 @@
+"""Durable JetStream pull consumers with an inbox.
+
+Each message's id is written to the `inbox` table in the same transaction as its effect, so a redelivered
+message finds its id there and has no second effect. Messages are fetched and handled in batches in one
+transaction; if the batch fails, each message is retried alone so one bad message cannot hold up the rest.
+A message that keeps failing is published to `dlq.<durable>` after `max_deliver` attempts and terminated,
+never acked as if it had succeeded."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+from google.protobuf.message import DecodeError, Message
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from . import log, metrics
+from .outbox import HEADER_CREATED_MS, HEADER_TYPE
+
+Handler = Callable[[AsyncConnection, Any, "Delivery"], Awaitable[None]]
+
+_CLAIM = text(
+    "INSERT INTO inbox (consumer, message_id, subject) VALUES (:consumer, :mid, :subject) "
+    "ON CONFLICT DO NOTHING RETURNING 1"
+)
+_log = log.get(__name__)
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One durable consumer: which subject of which stream, decoded as which event, handled how."""
+
+    durable: str
+    stream: str
+    subject: str
+    event_type: type[Message]
+    handler: Handler
+
+
+@dataclass(frozen=True)
+class Delivery:
+    message_id: str
+    subject: str
+    created_ms: int
+    attempt: int
+
+
+class PermanentError(Exception):
+    """The message can never be handled (e.g. it does not decode): dead-letter it at once."""
+
+
+class Consumer:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        js: JetStreamContext,
+        sub: Subscription,
+        *,
+        batch: int = 200,
+        max_deliver: int = 5,
+        ack_wait_s: float = 30.0,
+    ):
+        self.engine = engine
+        self.js = js
+        self.sub = sub
+        self.batch = batch
+        self.max_deliver = max_deliver
+        self.ack_wait_s = ack_wait_s
+        self._stopping = asyncio.Event()
+        self._psub: Any = None
+
+    def _labels(self, outcome: str) -> Any:
+        return metrics.EVENTS_CONSUMED.labels(metrics.SERVICE.name, self.sub.durable, outcome)
+
+    async def _subscribe(self) -> None:
+        config = ConsumerConfig(
+            durable_name=self.sub.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.ack_wait_s,
+            # The server stops redelivering after this many tries; we dead-letter on the last one first.
+            max_deliver=self.max_deliver + 1,
+            max_ack_pending=20_000,
+            filter_subject=self.sub.subject,
+        )
+        self._psub = await self.js.pull_subscribe(
+            self.sub.subject, durable=self.sub.durable, stream=self.sub.stream, config=config
+        )
+
+    async def run(self) -> None:
+        last_lag = 0.0
+        while not self._stopping.is_set():
+            try:
+                if self._psub is None:
+                    await self._subscribe()
+                try:
+                    msgs = await self._psub.fetch(self.batch, timeout=1.0)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    msgs = []
+                if msgs:
+                    await self._handle_batch(msgs)
+                now = time.monotonic()
+                if now - last_lag > 2.0:
+                    last_lag = now
+                    info = await self._psub.consumer_info()
+                    metrics.CONSUMER_LAG.labels(metrics.SERVICE.name, self.sub.durable).set(
+                        info.num_pending + info.num_ack_pending
+                    )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # NATS restarted or the connection dropped: rebuild the subscription and carry on.
+                if self._stopping.is_set():
+                    break
+                _log.warning("consumer loop error", consumer=self.sub.durable, error=repr(exc))
+                self._psub = None
+                await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+
+    def _delivery(self, msg: Msg) -> Delivery:
+        headers = msg.headers or {}
+        mid = headers.get("Nats-Msg-Id") or f"{msg.metadata.stream}:{msg.metadata.sequence.stream}"
+        return Delivery(
+            message_id=mid,
+            subject=msg.subject,
+            created_ms=int(headers.get(HEADER_CREATED_MS, "0") or 0),
+            attempt=msg.metadata.num_delivered,
+        )
+
+    def _decode(self, msg: Msg) -> Message:
+        expected = self.sub.event_type.DESCRIPTOR.full_name
+        actual = (msg.headers or {}).get(HEADER_TYPE, expected)
+        if actual != expected:
+            raise PermanentError(f"event type {actual!r}, expected {expected!r}")
+        try:
+            return self.sub.event_type.FromString(msg.data)
+        except DecodeError as exc:
+            raise PermanentError(f"undecodable {expected}: {exc}") from exc
+
+    async def _apply(self, conn: AsyncConnection, msg: Msg) -> Delivery | None:
+        """Claim the message in the inbox and run the handler; None if it was handled before."""
+        delivery = self._delivery(msg)
+        claimed = (
+            await conn.execute(
+                _CLAIM, {"consumer": self.sub.durable, "mid": delivery.message_id, "subject": delivery.subject}
+            )
+        ).first()
+        if claimed is None:
+            return None
+        await self.sub.handler(conn, self._decode(msg), delivery)
+        return delivery
+
+    def _observe(self, deliveries: list[Delivery | None]) -> None:
+        now_ms = time.time() * 1000
+        for d in deliveries:
+            if d is None:
+                self._labels("duplicate").inc()
+                continue
+            self._labels("ok").inc()
+            if d.created_ms:
+                metrics.EVENT_LAG.labels(metrics.SERVICE.name, self.sub.durable).observe(
+                    max(0.0, (now_ms - d.created_ms) / 1000)
+                )
+
+    async def _handle_batch(self, msgs: list[Msg]) -> None:
+        if len(msgs) > 1:
+            try:
+                async with self.engine.begin() as conn:
+                    deliveries = [await self._apply(conn, m) for m in msgs]
+            except Exception as exc:
+                _log.info("batch failed, retrying messages one by one", consumer=self.sub.durable, error=repr(exc))
+            else:
+                await asyncio.gather(*(m.ack() for m in msgs))
+                self._observe(deliveries)
+                return
+        for msg in msgs:
+            await self._handle_one(msg)
+
+    async def _handle_one(self, msg: Msg) -> None:
+        try:
+            async with self.engine.begin() as conn:
+                delivery = await self._apply(conn, msg)
+        except PermanentError as exc:
+            await self._dead_letter(msg, str(exc))
+            return
+        except Exception as exc:
+            attempt = msg.metadata.num_delivered
+            if attempt >= self.max_deliver:
+                await self._dead_letter(msg, repr(exc))
+                return
+            _log.warning("event handling failed; will retry", consumer=self.sub.durable, attempt=attempt,
+                         error=repr(exc))
+            self._labels("retry").inc()
+            await msg.nak(delay=min(30.0, 0.5 * 2 ** (attempt - 1)))
+            return
+        await msg.ack()
+        self._observe([delivery])
+
+    async def _dead_letter(self, msg: Msg, error: str) -> None:
+        headers = dict(msg.headers or {})
+        headers.pop("Nats-Msg-Id", None)
+        headers.update({
+            "Omo-Dead-Letter-Error": error[:500],
+            "Omo-Original-Subject": msg.subject,
+            "Omo-Consumer": self.sub.durable,
+        })
+        # Only after the dead letter is stored do we tell the server to stop redelivering the original.
+        await self.js.publish(f"dlq.{self.sub.durable}", msg.data, headers=headers)
+        await msg.term()
+        self._labels("dead_letter").inc()
+        _log.error("event dead-lettered", consumer=self.sub.durable, subject=msg.subject, error=error)

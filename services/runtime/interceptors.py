@@ -1,0 +1,193 @@
+"""Server interceptors, outermost first: request context (id, deadline, principal), logs and metrics,
+error mapping, input validation. All our RPCs are unary-unary, so each wraps the unary handler."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import protovalidate
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from . import log, metrics, reqctx
+from .errors import DomainError, InvalidArgument
+from .ids import new_id
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+_log = log.get("rpc")
+
+
+def _wrap(handler: grpc.RpcMethodHandler | None, make: Callable[[Behavior], Behavior]) -> Any:
+    if handler is None or handler.unary_unary is None:
+        return handler
+    return grpc.unary_unary_rpc_method_handler(
+        make(handler.unary_unary),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
+class RequestContextInterceptor(grpc.aio.ServerInterceptor):
+    """Binds request id, remaining deadline and principal for the handler and everything it calls."""
+
+    async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        def make(inner: Behavior) -> Behavior:
+            async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                md = _metadata(context)
+                rid = md.get(reqctx.REQUEST_ID_HEADER) or new_id("req")
+                who = reqctx.Principal.parse(md[reqctx.PRINCIPAL_HEADER]) if reqctx.PRINCIPAL_HEADER in md else None
+                reqctx.bind(rid, context.time_remaining(), who)
+                context.set_trailing_metadata(((reqctx.REQUEST_ID_HEADER, rid),))
+                return await inner(request, context)
+
+            return behavior
+
+        return _wrap(await continuation(details), make)
+
+
+class LoggingMetricsInterceptor(grpc.aio.ServerInterceptor):
+    """One structured log line and one latency observation per RPC."""
+
+    async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        method = details.method.rsplit("/", 1)[-1]
+
+        def make(inner: Behavior) -> Behavior:
+            async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                start = time.perf_counter()
+                code = "OK"
+                try:
+                    return await inner(request, context)
+                except BaseException:
+                    code = context.code().name if context.code() is not None else "UNKNOWN"
+                    raise
+                finally:
+                    elapsed = time.perf_counter() - start
+                    metrics.RPC_REQUESTS.labels(metrics.SERVICE.name, method, code).inc()
+                    metrics.RPC_LATENCY.labels(metrics.SERVICE.name, method).observe(elapsed)
+                    level = _log.info if code in ("OK",) else _log.warning
+                    if code != "OK" or elapsed > 0.5:
+                        level("rpc", method=method, code=code, ms=round(elapsed * 1000, 2),
+                              request_id=reqctx.request_id())
+                    else:
+                        _log.debug("rpc", method=method, code=code, ms=round(elapsed * 1000, 2),
+                                   request_id=reqctx.request_id())
+
+            return behavior
+
+        return _wrap(await continuation(details), make)
+
+
+_PASS_THROUGH = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def to_status(err: DomainError) -> status_pb2.Status:
+    code = getattr(code_pb2, err.code)
+    status = status_pb2.Status(code=code, message=err.message)
+    detail = any_pb2.Any()
+    if isinstance(err, InvalidArgument):
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in err.violations
+                ]
+            )
+        )
+        status.details.append(detail)
+    elif err.reason:
+        detail.Pack(error_details_pb2.ErrorInfo(reason=err.reason, domain="omo", metadata=err.metadata))
+        status.details.append(detail)
+    return status
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """DomainError -> its status code with google.rpc details; anything else is a bug -> INTERNAL."""
+
+    async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        def make(inner: Behavior) -> Behavior:
+            async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await inner(request, context)
+                except DomainError as err:
+                    status = rpc_status.to_status(to_status(err))
+                    await context.abort(status.code, status.details, status.trailing_metadata)
+                except grpc.aio.AioRpcError as err:
+                    # A dependency refused. Its status (and its google.rpc details) is the most honest answer
+                    # for what the caller sent; anything else from it is our problem, not the caller's.
+                    code = err.code()
+                    if code in _PASS_THROUGH:
+                        trailer = tuple(
+                            (k, v) for k, v in (err.trailing_metadata() or ()) if k == "grpc-status-details-bin"
+                        )
+                        await context.abort(code, err.details() or code.name, trailer)
+                    _log.error("dependency call failed", code=code.name, details=err.details())
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"dependency failed: {code.name}")
+                except (grpc.aio.AbortError, grpc.aio.UsageError):
+                    raise
+                except TimeoutError:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "timed out, safe to retry")
+                except Exception:
+                    _log.exception("unhandled error", request_id=reqctx.request_id())
+                    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+            return behavior
+
+        return _wrap(await continuation(details), make)
+
+
+class ValidationInterceptor(grpc.aio.ServerInterceptor):
+    """Enforces the protovalidate rules declared in the protos on every request."""
+
+    def __init__(self) -> None:
+        self._validator = protovalidate.Validator()
+
+    async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        def make(inner: Behavior) -> Behavior:
+            async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    self._validator.validate(request)
+                except protovalidate.ValidationError as exc:
+                    raise InvalidArgument([(_field_path(v), v.proto.message) for v in exc.violations]) from None
+                return await inner(request, context)
+
+            return behavior
+
+        return _wrap(await continuation(details), make)
+
+
+def _field_path(violation: Any) -> str:
+    """`lines[0].sku_id` from protovalidate's structured field path."""
+    parts: list[str] = []
+    for element in violation.proto.field.elements:
+        name = element.field_name
+        subscript = element.subscript
+        if subscript is not None:
+            value = subscript.value
+            name += f"[{value}]" if subscript.field == "index" else f"[{value!r}]"
+        parts.append(name)
+    return ".".join(parts)
+
+
+def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
+    return [
+        RequestContextInterceptor(),
+        LoggingMetricsInterceptor(),
+        ErrorMappingInterceptor(),
+        ValidationInterceptor(),
+    ]

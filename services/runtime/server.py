@@ -1,0 +1,157 @@
+"""The service bootstrap every service's `__main__` calls: one process, one gRPC server, its event
+consumers and background jobs, and an orderly shutdown.
+
+Shutdown on SIGTERM/SIGINT: health NOT_SERVING -> stop accepting RPCs and let in-flight ones finish within
+the grace period -> stop consumers -> flush the outbox -> drain NATS -> close the database pool."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from . import bus, clients, config, db, log, metrics, migrate
+from .consumer import Consumer, Subscription
+from .interceptors import server_interceptors
+from .outbox import OutboxRelay
+
+_log = log.get(__name__)
+
+
+@dataclass
+class Runtime:
+    """Shared handles a service's composition root wires its parts with."""
+
+    settings: config.Settings
+    engine: AsyncEngine
+    nc: Client
+    js: JetStreamContext
+    _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+
+    def channel(self, service: str) -> grpc.aio.Channel:
+        if service not in self._channels:
+            self._channels[service] = clients.channel(
+                self.settings.address_of(service), self.settings.default_deadline_s
+            )
+        return self._channels[service]
+
+    async def close_channels(self) -> None:
+        for ch in self._channels.values():
+            await ch.close()
+
+
+@dataclass
+class Wiring:
+    """What a service contributes: servicers, event subscriptions and background jobs."""
+
+    # (add_XServicer_to_server, servicer instance, full service name)
+    servicers: list[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]]
+    subscriptions: list[Subscription] = field(default_factory=list)
+    # Long-running coroutines (sweepers, schedulers); cancelled at shutdown.
+    jobs: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+Wire = Callable[[Runtime], Awaitable[Wiring]]
+
+
+async def serve(name: str, wire: Wire) -> None:
+    settings = config.load(name)
+    log.configure(name, settings.log_level, settings.log_format)
+    metrics.start(name, settings.metrics_port)
+    engine = db.create_engine(settings.database_url, name, pool_size=settings.db_pool_size,
+                              application_name=f"omo-{name}")
+    nc = await bus.connect(settings.nats_url, f"omo-{name}")
+    js = nc.jetstream(timeout=5.0)
+    await bus.ensure_streams(js)
+    rt = Runtime(settings, engine, nc, js)
+    wiring = await wire(rt)
+
+    server = grpc.aio.server(
+        interceptors=server_interceptors(),
+        options=[("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 1000)],
+        maximum_concurrent_rpcs=5000,
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = []
+    for add, servicer, full_name in wiring.servicers:
+        add(servicer, server)
+        names.append(full_name)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    bound = server.add_insecure_port(f"0.0.0.0:{settings.grpc_port}")
+    if bound == 0:
+        raise SystemExit(f"{name}: cannot bind gRPC port {settings.grpc_port}")
+    await server.start()
+
+    relay = OutboxRelay(engine, js, name, batch=settings.outbox_batch)
+    consumers = [
+        Consumer(engine, js, sub, batch=settings.consumer_batch, max_deliver=settings.max_deliver)
+        for sub in wiring.subscriptions
+    ]
+    tasks = [asyncio.create_task(relay.run(), name="outbox-relay")]
+    tasks += [asyncio.create_task(c.run(), name=f"consumer-{c.sub.durable}") for c in consumers]
+    tasks += [asyncio.create_task(job(), name=f"job-{i}") for i, job in enumerate(wiring.jobs)]
+
+    for service_name in ("", *names):
+        await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+    _log.info("serving", grpc_port=settings.grpc_port, metrics_port=settings.metrics_port, services=names)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    crashed = asyncio.ensure_future(_first_failure(tasks))
+    await asyncio.wait([asyncio.ensure_future(stop.wait()), crashed], return_when=asyncio.FIRST_COMPLETED)
+
+    _log.info("shutting down")
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(settings.shutdown_grace_s)
+    for c in consumers:
+        await c.stop()
+    await relay.stop()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    crashed.cancel()
+    await rt.close_channels()
+    try:
+        await asyncio.wait_for(nc.drain(), timeout=5)
+    except Exception as exc:
+        _log.warning("nats drain failed", error=repr(exc))
+    await engine.dispose()
+    _log.info("stopped")
+
+
+async def _first_failure(tasks: list[asyncio.Task[Any]]) -> None:
+    """Completes if a background task dies: a service without its relay or consumers must not look healthy."""
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    for t in done:
+        if not t.cancelled() and t.exception() is not None:
+            _log.error("background task failed", task=t.get_name(), error=repr(t.exception()))
+
+
+def main(name: str, migrations: pathlib.Path, wire: Wire) -> None:
+    """`python -m services.<name> [serve|migrate]`."""
+    command = sys.argv[1] if len(sys.argv) > 1 else "serve"
+    if command == "migrate":
+        migrate.upgrade(name, migrations, config.service_database_url(name))
+        return
+    if command != "serve":
+        raise SystemExit(f"usage: python -m services.{name} [serve|migrate]")
+    try:
+        import uvloop
+
+        uvloop.run(serve(name, wire))
+    except ImportError:
+        asyncio.run(serve(name, wire))
