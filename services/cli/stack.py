@@ -55,8 +55,9 @@ class StackOptions:
 
 
 class Stack:
-    def __init__(self, options: StackOptions):
+    def __init__(self, options: StackOptions, services: tuple[str, ...] = config.SERVICES):
         self.opts = options
+        self.services = services
         self.pg: EmbeddedPostgres | None = None
         self.nats: EmbeddedNats | None = None
         self.procs: dict[str, subprocess.Popen] = {}
@@ -92,9 +93,9 @@ class Stack:
             self.start_infra()
             self.bootstrap()
             self.migrate()
-            for svc in config.SERVICES:
+            for svc in self.services:
                 self.start_service(svc)
-            self.wait_healthy()
+            self.wait_healthy(services=self.services)
         except BaseException:
             self.stop()
             raise
@@ -117,8 +118,8 @@ class Stack:
             if result.returncode != 0:
                 raise RuntimeError(f"migrating {svc} failed:\n{result.stderr[-4000:]}")
 
-        with ThreadPoolExecutor(len(config.SERVICES)) as pool:
-            list(pool.map(one, config.SERVICES))
+        with ThreadPoolExecutor(len(self.services)) as pool:
+            list(pool.map(one, self.services))
 
     def start_service(self, svc: str) -> None:
         log = open(self.logs / f"{svc}.log", "ab")  # noqa: SIM115 - the child owns it
@@ -155,7 +156,7 @@ class Stack:
 
     def health(self) -> dict[str, str]:
         result = {}
-        for svc in config.SERVICES:
+        for svc in self.services:
             with grpc.insecure_channel(self.address(svc)) as ch:
                 try:
                     reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)

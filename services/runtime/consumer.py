@@ -23,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import log, metrics
-from .outbox import HEADER_CREATED_MS, HEADER_TYPE
+from .outbox import HEADER_CREATED_MS, HEADER_EVENT_ID, HEADER_TYPE
 
 Handler = Callable[[AsyncConnection, Any, "Delivery"], Awaitable[None]]
 
@@ -129,7 +129,10 @@ class Consumer:
 
     def _delivery(self, msg: Msg) -> Delivery:
         headers = msg.headers or {}
-        mid = headers.get("Nats-Msg-Id") or f"{msg.metadata.stream}:{msg.metadata.sequence.stream}"
+        # The inbox key is the event's identity, not the stream sequence: the same event delivered again, or
+        # published again after JetStream's duplicate window, has the same id.
+        mid = (headers.get(HEADER_EVENT_ID) or headers.get("Nats-Msg-Id")
+               or f"{msg.metadata.stream}:{msg.metadata.sequence.stream}")
         return Delivery(
             message_id=mid,
             subject=msg.subject,

@@ -35,6 +35,7 @@ _RETRY = text(
 )
 _BACKLOG = text("SELECT count(*) FROM outbox")
 
+HEADER_EVENT_ID = "Omo-Event-Id"
 HEADER_TYPE = "Omo-Event-Type"
 HEADER_CREATED_MS = "Omo-Created-Ms"
 HEADER_REQUEST_ID = "Omo-Request-Id"
@@ -107,8 +108,11 @@ class OutboxRelay:
                 return 0
             futures = []
             for row in rows:
+                event_id = f"{self.schema}-{row.id}"
                 headers = {
-                    "Nats-Msg-Id": f"{self.schema}-{row.id}",
+                    # JetStream drops a re-publish within its duplicate window; the inbox catches the rest.
+                    "Nats-Msg-Id": event_id,
+                    HEADER_EVENT_ID: event_id,
                     HEADER_TYPE: row.event_type,
                     HEADER_CREATED_MS: str(row.created_ms),
                     HEADER_REQUEST_ID: row.request_id,

@@ -1,0 +1,49 @@
+"""Test session plumbing. Integration tests share one real stack — embedded Postgres, NATS and the five
+service processes — started by the same launcher as `make run`, and stopped at the end of the session."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from services.runtime import config
+
+
+def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
+    for item in items:
+        if "integration" in pathlib.Path(str(item.fspath)).parts:
+            item.add_marker(pytest.mark.integration)
+
+
+def _available_services() -> tuple[str, ...]:
+    root = pathlib.Path(__file__).resolve().parents[1] / "services"
+    return tuple(s for s in config.SERVICES if (root / s / "__main__.py").exists())
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):  # type: ignore[no-untyped-def]
+    from services.cli.stack import Stack, StackOptions
+
+    opts = StackOptions.isolated(tmp_path_factory.mktemp("omo"), durable=False,
+                                 extra_env={"OMO_LOG_LEVEL": "info"})
+    st = Stack(opts, services=_available_services())
+    st.start()
+    yield st
+    st.stop()
+
+
+@pytest.fixture(scope="session")
+def clients(stack):  # type: ignore[no-untyped-def]
+    from .support import Clients
+
+    c = Clients.connect(stack)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="session")
+def world(clients):  # type: ignore[no-untyped-def]
+    from .support import World
+
+    return World.create(clients)
