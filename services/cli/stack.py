@@ -122,7 +122,7 @@ class Stack:
             list(pool.map(one, self.services))
 
     def start_service(self, svc: str) -> None:
-        log = open(self.logs / f"{svc}.log", "ab")  # noqa: SIM115 - the child owns it
+        log = open(self.logs / f"{svc}.log", "ab")
         self.procs[svc] = subprocess.Popen([sys.executable, "-m", f"services.{svc}"], env=self.env(), cwd=ROOT,
                                            stdout=log, stderr=subprocess.STDOUT)
 

@@ -1,0 +1,149 @@
+"""`omo`: run and inspect the suite.
+
+    omo up       start everything (embedded Postgres + NATS unless DATABASE_URL / NATS_URL are set), seed,
+                 run a demo order, then keep running until Ctrl-C and stop everything it started
+    omo demo     seed (idempotent) and run one demo order against a running suite
+    omo status   health of each service
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.runtime import config
+from services.runtime.money import fen_to_yuan
+
+from .demo import DemoResult, run_demo_order
+from .seed import seed
+from .stack import Stack, StackOptions
+from .stubs import Stubs, default_address
+
+app = typer.Typer(add_completion=False, help="OMO: the brand-dealer-store mall, as five gRPC services.")
+console = Console()
+
+
+def _yuan(fen: int) -> str:
+    return f"¥{fen_to_yuan(fen)}"
+
+
+def print_services(addresses: dict[str, str], metrics: dict[str, int] | None = None,
+                   health: dict[str, str] | None = None) -> None:
+    table = Table(title="OMO services")
+    table.add_column("service")
+    table.add_column("gRPC")
+    if metrics:
+        table.add_column("metrics")
+    if health:
+        table.add_column("health")
+    for svc in config.SERVICES:
+        row = [svc, addresses[svc]]
+        if metrics:
+            row.append(f"http://127.0.0.1:{metrics[svc]}/metrics")
+        if health:
+            row.append(health.get(svc, "?"))
+        table.add_row(*row)
+    console.print(table)
+
+
+def print_demo(result: DemoResult) -> None:
+    o = result.order
+    console.print(f"\n[bold]Demo order[/] {o.order_id}  status={o.status and _status_name(o.status)}")
+    lines = Table(show_header=True)
+    for col in ("sku", "qty", "unit price", "supply price", "line total"):
+        lines.add_column(col)
+    for line in o.lines:
+        lines.add_row(line.name, str(line.quantity), _yuan(line.unit_price_fen), _yuan(line.unit_supply_price_fen),
+                      _yuan(line.line_total_fen))
+    console.print(lines)
+    console.print(f"subtotal {_yuan(o.subtotal_fen)}  coupon −{_yuan(o.discount_fen)} (brand-funded)  "
+                  f"paid {_yuan(o.payable_fen)}  attributed to guide {o.attribution.guide_id or '-'}")
+    for s in result.shipments:
+        console.print(f"shipped by cloud warehouse {s.warehouse_id} as {s.shipment_id}")
+    split = Table(title=f"Split of {_yuan(result.split.paid_fen)}")
+    split.add_column("receiver")
+    split.add_column("role")
+    split.add_column("amount", justify="right")
+    from omo.settlement.v1 import settlement_pb2 as stl
+
+    for leg in result.split.legs:
+        split.add_row(f"{stl.PartyType.Name(leg.receiver.type).removeprefix('PARTY_TYPE_').lower()} "
+                      f"{leg.receiver.id}", stl.SplitRole.Name(leg.role).removeprefix("SPLIT_ROLE_"),
+                      _yuan(leg.amount_fen))
+    console.print(split)
+
+
+def _status_name(status: int) -> str:
+    from omo.orders.v1 import orders_pb2 as ords
+
+    return ords.OrderStatus.Name(status).removeprefix("ORDER_STATUS_")
+
+
+@app.command()
+def up(demo: bool = typer.Option(True, help="seed demo data and run one demo order")) -> None:
+    """Start the whole suite and keep it running until Ctrl-C."""
+    opts = StackOptions.from_env()
+    stack = Stack(opts)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        with console.status("starting Postgres, NATS and the five services..."):
+            stack.start()
+        console.print(f"Postgres: {'external' if opts.database_url else 'embedded'} {stack.admin_url}")
+        console.print(f"NATS:     {'external' if opts.nats_url else 'embedded'} {stack.nats_url}")
+        print_services({s: stack.address(s) for s in config.SERVICES}, opts.metrics_ports)
+        if demo:
+            stubs = Stubs.connect(stack.address)
+            try:
+                world = seed(stubs)
+                console.print(f"seeded brand {world.brand.name}: {len(world.dealers)} dealers, "
+                              f"{len(world.stores)} stores, {len(world.skus)} SKUs in {world.warehouse.name}")
+                print_demo(run_demo_order(stubs, world))
+            finally:
+                stubs.close()
+        console.print(f"\nlogs in {stack.logs}. Press Ctrl-C to stop.")
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        with console.status("stopping..."):
+            stack.stop()
+        console.print("stopped everything that was started.")
+
+
+@app.command()
+def demo() -> None:
+    """Seed demo data (idempotent) and run one demo order against a running suite."""
+    stubs = Stubs.connect()
+    try:
+        print_demo(run_demo_order(stubs, seed(stubs)))
+    finally:
+        stubs.close()
+
+
+@app.command()
+def status() -> None:
+    """Health of every service at its configured address."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    result = {}
+    for svc in config.SERVICES:
+        with grpc.insecure_channel(default_address(svc)) as ch:
+            try:
+                reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                result[svc] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError as err:
+                result[svc] = err.code().name
+    print_services({s: default_address(s) for s in config.SERVICES}, health=result)
+    if any(v != "SERVING" for v in result.values()):
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()
