@@ -142,11 +142,9 @@ class CatalogApi(catalog_pb2_grpc.CatalogServiceServicer):
     async def QuotePrices(self, request: pb.QuotePricesRequest, context) -> pb.QuotePricesResponse:
         sku_ids = list(request.sku_ids)
         async with self.engine.connect() as conn:
-            store = await self.store.store(conn, request.store_id)
-            if store is None:
-                raise NotFound("store", request.store_id)
-            skus = await self.store.skus(conn, sku_ids)
-            listed = await self.store.listed_among(conn, request.store_id, sku_ids)
+            store, skus, listed = await self.store.quote_inputs(conn, request.store_id, sku_ids)
+        if store is None:
+            raise NotFound("store", request.store_id)
         quotes = domain.quote(store, sku_ids, skus, listed)
         return pb.QuotePricesResponse(
             store=store_pb(store),
