@@ -1,0 +1,36 @@
+"""Handlers for the events orders consumes. Each runs inside the consumer's inbox transaction and touches only
+the orders schema."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from omo.warehouse.v1 import events_pb2 as wh_events
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.runtime.consumer import Delivery, Handler
+from services.runtime.errors import NotFound
+
+from . import domain
+from .store import OrderStore
+
+
+def on_shipment_dispatched(store: OrderStore) -> Handler:
+    """PAID -> DISPATCHED. A redelivered shipment finds the order already dispatched with it and changes nothing
+    (defence in depth behind the inbox); an order that is not PAID fails the message, which the consumer retries
+    and finally dead-letters."""
+
+    async def handle(conn: AsyncConnection, event: wh_events.ShipmentDispatched, delivery: Delivery) -> None:
+        order = await store.order(conn, event.order_id, lock=True)
+        if order is None:
+            raise NotFound("order", event.order_id)
+        if event.HasField("dispatched_at"):
+            at = event.dispatched_at.ToDatetime(tzinfo=UTC)
+        else:
+            # Deterministic on redelivery: the time the event was written, not the time it is handled.
+            at = datetime.fromtimestamp(delivery.created_ms / 1000, UTC)
+        dispatched = domain.dispatch(order, event.shipment_id, at)
+        if dispatched is not None:
+            await store.record_dispatch(conn, dispatched)
+
+    return handle

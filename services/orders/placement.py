@@ -1,0 +1,187 @@
+"""Placing an order: a saga over catalog (price), warehouse (reserve stock) and marketing (redeem a coupon),
+ending in one statement that records the order with its lines.
+
+It converges when retried: the order id is derived from the idempotency key, and every downstream step is
+keyed by the order id, so a retry after a crash anywhere re-runs the same steps, gets the same answers back
+and inserts the same order once. No database transaction is held open across a downstream call."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+import grpc
+from omo.catalog.v1 import catalog_pb2 as cat
+from omo.catalog.v1 import catalog_pb2_grpc
+from omo.marketing.v1 import marketing_pb2 as mkt
+from omo.marketing.v1 import marketing_pb2_grpc
+from omo.orders.v1 import orders_pb2 as pb
+from omo.warehouse.v1 import warehouse_pb2 as wh
+from omo.warehouse.v1 import warehouse_pb2_grpc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.runtime import timestamps
+from services.runtime.errors import InvalidArgument
+from services.runtime.idempotency import request_hash
+from services.runtime.ids import derived_id
+
+from . import domain
+from .store import OrderStore, Refusal
+
+_STATUS_DETAILS = "grpc-status-details-bin"
+# A coupon refused for one of these reasons is refused for good: the stock held for the order is given back.
+# Anything else (marketing down, a timeout) may hide a redemption that did happen, so the reservation stays for
+# the caller's retry, which converges on the same redemption.
+_REFUSALS = frozenset({
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.PERMISSION_DENIED,
+})
+_FUNDERS = {mkt.FUNDER_BRAND: "BRAND"}
+
+
+class Placement:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        store: OrderStore,
+        catalog: catalog_pb2_grpc.CatalogServiceStub,
+        warehouse: warehouse_pb2_grpc.WarehouseServiceStub,
+        marketing: marketing_pb2_grpc.MarketingServiceStub,
+    ):
+        self.engine = engine
+        # Every database step of a placement is a single statement, atomic by itself: run without BEGIN/COMMIT,
+        # which saves two round trips each on the hot path.
+        self.statements = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.store = store
+        self.catalog = catalog
+        self.warehouse = warehouse
+        self.marketing = marketing
+
+    async def place(self, request: pb.PlaceOrderRequest) -> domain.Order:
+        key = request.idempotency_key
+        digest = request_hash(request)
+        requested = [domain.LineInput(li.sku_id, li.quantity) for li in request.lines]
+        domain.check_lines(requested)
+
+        async with self.statements.connect() as conn:
+            prior = await self.store.prior(conn, key)
+            if prior is not None:
+                _check_same_request(prior.request_hash, digest)
+                if prior.order_id is not None:
+                    order = await self.store.order(conn, prior.order_id)
+                    assert order is not None
+                    return order
+        if prior is not None and prior.refusal is not None:
+            _replay(prior.refusal)
+
+        order_id = derived_id("ord", key)
+        store, quotes, credited = await self._quote(request)
+        attribution = domain.attribute(_attribution(request.attribution), store, credited)
+        lines = domain.price_lines(requested, quotes)
+        reservation_id = await self._reserve(order_id, lines)
+        coupon = None
+        if request.coupon_code:
+            coupon = await self._redeem(request, order_id, store, domain.totals(lines).subtotal_fen, reservation_id,
+                                        digest)
+        order = domain.new_order(order_id, store, request.consumer_id, attribution, lines, coupon, reservation_id,
+                                 timestamps.now())
+
+        async with self.statements.connect() as conn:
+            if await self.store.add_order(conn, order, key, digest):
+                return order
+            # A concurrent attempt with the same key recorded the order first: answer with that one.
+            _check_same_request(await self.store.order_hash(conn, order_id), digest)
+            placed = await self.store.order(conn, order_id)
+            assert placed is not None
+            return placed
+
+    async def _quote(self, request: pb.PlaceOrderRequest) -> tuple[domain.StoreRef, dict[str, domain.Quote],
+                                                                   domain.StoreRef | None]:
+        """Prices at the store, and (only when the QR code credits another store) that store, concurrently."""
+        quoting = self.catalog.QuotePrices(
+            cat.QuotePricesRequest(store_id=request.store_id, sku_ids=[li.sku_id for li in request.lines]))
+        credited_id = request.attribution.store_id
+        if credited_id and credited_id != request.store_id:
+            reply, credited = await _both(quoting, self._store(credited_id))
+        else:
+            reply, credited = await quoting, None
+        store = domain.StoreRef(reply.store.store_id, reply.store.dealer_id, reply.store.brand_id)
+        quotes = {q.sku_id: domain.Quote(q.sku_id, q.name, q.retail_price_fen, q.supply_price_fen)
+                  for q in reply.quotes}
+        return store, quotes, credited
+
+    async def _store(self, store_id: str) -> domain.StoreRef | None:
+        try:
+            s = (await self.catalog.GetStore(cat.GetStoreRequest(store_id=store_id))).store
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        return domain.StoreRef(s.store_id, s.dealer_id, s.brand_id)
+
+    async def _reserve(self, order_id: str, lines: tuple[domain.Line, ...]) -> str:
+        reply = await self.warehouse.ReserveStock(wh.ReserveStockRequest(
+            idempotency_key=f"{order_id}:reserve", order_id=order_id,
+            lines=[wh.StockLine(sku_id=li.sku_id, quantity=li.quantity) for li in lines],
+        ))
+        return reply.reservation.reservation_id
+
+    async def _redeem(self, request: pb.PlaceOrderRequest, order_id: str, store: domain.StoreRef, subtotal_fen: int,
+                      reservation_id: str, digest: bytes) -> domain.Coupon:
+        try:
+            reply = await self.marketing.RedeemCoupon(mkt.RedeemCouponRequest(
+                idempotency_key=f"{order_id}:coupon", code=request.coupon_code, order_id=order_id,
+                consumer_id=request.consumer_id, brand_id=store.brand_id, order_subtotal_fen=subtotal_fen,
+            ))
+        except grpc.aio.AioRpcError as err:
+            if err.code() not in _REFUSALS:
+                raise
+            await self.warehouse.ReleaseReservation(wh.ReleaseReservationRequest(
+                idempotency_key=f"{order_id}:release", reservation_id=reservation_id,
+                reason=f"coupon {request.coupon_code} refused: {err.code().name}"[:200],
+            ))
+            refusal = Refusal(err.code().name, err.details() or err.code().name, _status_details(err))
+            async with self.statements.connect() as conn:
+                await self.store.add_refusal(conn, request.idempotency_key, digest, refusal)
+            raise
+        funder = _FUNDERS.get(reply.coupon.funder)
+        if funder is None:
+            raise RuntimeError(f"marketing returned coupon funder {reply.coupon.funder}, which orders does not know")
+        return domain.Coupon(request.coupon_code, funder, reply.discount_fen)
+
+
+def _attribution(a: pb.Attribution) -> domain.Attribution:
+    return domain.Attribution(a.scene, a.dealer_id, a.store_id, a.guide_id)
+
+
+def _check_same_request(recorded: bytes, digest: bytes) -> None:
+    if recorded != digest:
+        raise InvalidArgument.field("idempotency_key", "was already used for a different request")
+
+
+def _status_details(err: grpc.aio.AioRpcError) -> bytes:
+    for k, v in err.trailing_metadata() or ():
+        if k == _STATUS_DETAILS:
+            return bytes(v)
+    return b""
+
+
+def _replay(refusal: Refusal) -> None:
+    """Answer a retry of a refused placement as the dependency answered the first attempt (same code, same
+    google.rpc details); the error interceptor passes it on like a live refusal."""
+    trailer = grpc.aio.Metadata((_STATUS_DETAILS, refusal.status_details)) if refusal.status_details else None
+    raise grpc.aio.AioRpcError(grpc.StatusCode[refusal.code], grpc.aio.Metadata(), trailer or grpc.aio.Metadata(),
+                               details=refusal.message)
+
+
+async def _both(first: Awaitable[Any], second: Awaitable[Any]) -> tuple[Any, Any]:
+    """Await two calls concurrently; the first one's failure wins, and neither is left unobserved."""
+    results = await asyncio.gather(first, second, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results[0], results[1]

@@ -1,0 +1,168 @@
+"""SQL for the orders schema."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.runtime.errors import InvalidArgument
+
+from .domain import Attribution, Coupon, Line, Order, Status
+
+_ORDER_COLS = (
+    "order_id, status, store_id, dealer_id, brand_id, consumer_id, attribution_scene, attribution_dealer_id, "
+    "attribution_store_id, attribution_guide_id, coupon_code, coupon_funder, coupon_discount_fen, subtotal_fen, "
+    "discount_fen, payable_fen, reservation_id, created_at, payment_txn_id, paid_at, shipment_id, dispatched_at"
+)
+_LINE_COLS = "sku_id, name, quantity, unit_price_fen, unit_supply_price_fen, line_total_fen"
+
+# The order and its lines in one statement: one round trip on the hot path. A conflict on order_id (a retry
+# that raced the first attempt) inserts nothing, and no line either; the caller then reads the winner back.
+_PLACE = text(f"""
+    WITH placed AS (
+        INSERT INTO orders (idempotency_key, request_hash, {_ORDER_COLS})
+        VALUES (:idempotency_key, :request_hash, :order_id, :status, :store_id, :dealer_id, :brand_id, :consumer_id,
+                :attribution_scene, :attribution_dealer_id, :attribution_store_id, :attribution_guide_id,
+                :coupon_code, :coupon_funder, :coupon_discount_fen, :subtotal_fen, :discount_fen, :payable_fen,
+                :reservation_id, :created_at, NULL, NULL, NULL, NULL)
+        ON CONFLICT (order_id) DO NOTHING
+        RETURNING order_id
+    )
+    INSERT INTO order_lines (order_id, line_no, {_LINE_COLS})
+    SELECT placed.order_id, l.line_no, l.sku_id, l.name, l.quantity, l.unit_price_fen, l.unit_supply_price_fen,
+           l.line_total_fen
+    FROM placed, unnest(CAST(:sku_ids AS text[]), CAST(:names AS text[]), CAST(:quantities AS bigint[]),
+                        CAST(:unit_prices AS bigint[]), CAST(:unit_supply_prices AS bigint[]),
+                        CAST(:line_totals AS bigint[]))
+         WITH ORDINALITY AS l(sku_id, name, quantity, unit_price_fen, unit_supply_price_fen, line_total_fen, line_no)
+    RETURNING order_id
+""")
+# The order row with its lines as one JSON array: one round trip to read a whole order.
+_SELECT_SQL = f"""
+    SELECT {_ORDER_COLS},
+           (SELECT json_agg(json_build_array({_LINE_COLS}) ORDER BY line_no) FROM order_lines l
+            WHERE l.order_id = o.order_id) AS lines
+    FROM orders o WHERE order_id = :id
+"""
+_SELECT = text(_SELECT_SQL)
+_SELECT_LOCKED = text(_SELECT_SQL + " FOR UPDATE OF o")
+_PAY = text("""
+    WITH paid AS (
+        UPDATE orders SET status = 'PAID', payment_txn_id = :t, paid_at = :at
+        WHERE order_id = :id AND status = 'PENDING_PAYMENT'
+        RETURNING order_id
+    )
+    INSERT INTO payments (provider_txn_id, order_id, amount_fen, received_at)
+    SELECT :t, paid.order_id, :amount, :at FROM paid
+    ON CONFLICT (provider_txn_id) DO NOTHING
+    RETURNING 1
+""")
+_PRIOR = text("""
+    SELECT order_id, request_hash, NULL AS code, NULL AS message, NULL AS status_details
+    FROM orders WHERE idempotency_key = :key
+    UNION ALL
+    SELECT NULL, request_hash, code, message, status_details FROM placement_refusals WHERE idempotency_key = :key
+""")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """How a dependency refused a placement: enough to answer a retry exactly as the first attempt was answered."""
+
+    code: str
+    message: str
+    status_details: bytes
+
+
+@dataclass(frozen=True)
+class Prior:
+    """What an idempotency key already led to: an order or a refusal."""
+
+    request_hash: bytes
+    order_id: str | None
+    refusal: Refusal | None
+
+
+def _order(row) -> Order:  # type: ignore[no-untyped-def]
+    lines = json.loads(row.lines) if isinstance(row.lines, str) else row.lines
+    coupon = Coupon(row.coupon_code, row.coupon_funder, row.coupon_discount_fen) if row.coupon_code else None
+    return Order(
+        order_id=row.order_id, status=Status(row.status), store_id=row.store_id, dealer_id=row.dealer_id,
+        brand_id=row.brand_id, consumer_id=row.consumer_id,
+        attribution=Attribution(row.attribution_scene, row.attribution_dealer_id, row.attribution_store_id,
+                                row.attribution_guide_id),
+        lines=tuple(Line(*li) for li in lines), coupon=coupon, subtotal_fen=row.subtotal_fen,
+        discount_fen=row.discount_fen,
+        payable_fen=row.payable_fen, reservation_id=row.reservation_id, created_at=row.created_at,
+        payment_txn_id=row.payment_txn_id or "", paid_at=row.paid_at, shipment_id=row.shipment_id or "",
+        dispatched_at=row.dispatched_at,
+    )
+
+
+class OrderStore:
+    async def prior(self, conn: AsyncConnection, idempotency_key: str) -> Prior | None:
+        row = (await conn.execute(_PRIOR, {"key": idempotency_key})).first()
+        if row is None:
+            return None
+        refusal = None if row.order_id else Refusal(row.code, row.message, bytes(row.status_details))
+        return Prior(bytes(row.request_hash), row.order_id, refusal)
+
+    async def add_order(self, conn: AsyncConnection, order: Order, idempotency_key: str, request_hash: bytes) -> bool:
+        """Insert the order with its lines; False if an order with this id exists already."""
+        coupon = order.coupon
+        params = {
+            "idempotency_key": idempotency_key, "request_hash": request_hash, "order_id": order.order_id,
+            "status": str(order.status), "store_id": order.store_id, "dealer_id": order.dealer_id,
+            "brand_id": order.brand_id, "consumer_id": order.consumer_id,
+            "attribution_scene": order.attribution.scene, "attribution_dealer_id": order.attribution.dealer_id,
+            "attribution_store_id": order.attribution.store_id, "attribution_guide_id": order.attribution.guide_id,
+            "coupon_code": coupon.code if coupon else None, "coupon_funder": coupon.funder if coupon else None,
+            "coupon_discount_fen": coupon.discount_fen if coupon else None,
+            "subtotal_fen": order.subtotal_fen, "discount_fen": order.discount_fen, "payable_fen": order.payable_fen,
+            "reservation_id": order.reservation_id, "created_at": order.created_at,
+            "sku_ids": [li.sku_id for li in order.lines], "names": [li.name for li in order.lines],
+            "quantities": [li.quantity for li in order.lines],
+            "unit_prices": [li.unit_price_fen for li in order.lines],
+            "unit_supply_prices": [li.unit_supply_price_fen for li in order.lines],
+            "line_totals": [li.line_total_fen for li in order.lines],
+        }
+        return (await conn.execute(_PLACE, params)).first() is not None
+
+    async def add_refusal(self, conn: AsyncConnection, idempotency_key: str, request_hash: bytes,
+                          refusal: Refusal) -> None:
+        await conn.execute(
+            text("INSERT INTO placement_refusals (idempotency_key, request_hash, code, message, status_details) "
+                 "VALUES (:key, :hash, :code, :message, :details) ON CONFLICT (idempotency_key) DO NOTHING"),
+            {"key": idempotency_key, "hash": request_hash, "code": refusal.code, "message": refusal.message,
+             "details": refusal.status_details},
+        )
+
+    async def order(self, conn: AsyncConnection, order_id: str, *, lock: bool = False) -> Order | None:
+        """The order with its lines; `lock` holds its row until the transaction ends (payments, shipments)."""
+        row = (await conn.execute(_SELECT_LOCKED if lock else _SELECT, {"id": order_id})).first()
+        return _order(row) if row else None
+
+    async def order_hash(self, conn: AsyncConnection, order_id: str) -> bytes:
+        return bytes((await conn.execute(text("SELECT request_hash FROM orders WHERE order_id = :id"),
+                                         {"id": order_id})).scalar_one())
+
+    async def record_payment(self, conn: AsyncConnection, paid: Order, amount_fen: int) -> None:
+        """Mark the (locked) order PAID and keep the notification, in one statement. The WHERE repeats the state
+        check in SQL; the payments key refuses a transaction id that another order recorded meanwhile (each
+        payment locks only its own order)."""
+        recorded = (await conn.execute(_PAY, {"t": paid.payment_txn_id, "at": paid.paid_at, "id": paid.order_id,
+                                              "amount": amount_fen})).first()
+        if recorded is None:
+            raise InvalidArgument.field("provider_txn_id", "was already recorded for another order")
+
+    async def record_dispatch(self, conn: AsyncConnection, dispatched: Order) -> None:
+        updated = await conn.execute(
+            text("UPDATE orders SET status = 'DISPATCHED', shipment_id = :s, dispatched_at = :at "
+                 "WHERE order_id = :id AND status = 'PAID'"),
+            {"s": dispatched.shipment_id, "at": dispatched.dispatched_at, "id": dispatched.order_id},
+        )
+        if updated.rowcount != 1:
+            raise RuntimeError(f"order {dispatched.order_id} changed under its row lock")

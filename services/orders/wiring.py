@@ -1,0 +1,38 @@
+"""Wires the orders service's parts together on the shared runtime: stubs for its peers are built once here
+and reused by every request."""
+
+from __future__ import annotations
+
+from omo.catalog.v1 import catalog_pb2_grpc
+from omo.marketing.v1 import marketing_pb2_grpc
+from omo.orders.v1 import orders_pb2, orders_pb2_grpc
+from omo.warehouse.v1 import events_pb2 as wh_events
+from omo.warehouse.v1 import warehouse_pb2_grpc
+
+from services.runtime.consumer import Subscription
+from services.runtime.server import Runtime, Wiring
+
+from . import events
+from .api import OrderApi
+from .placement import Placement
+from .store import OrderStore
+
+
+async def wire(rt: Runtime) -> Wiring:
+    store = OrderStore()
+    placement = Placement(
+        rt.engine,
+        store,
+        catalog_pb2_grpc.CatalogServiceStub(rt.channel("catalog")),
+        warehouse_pb2_grpc.WarehouseServiceStub(rt.channel("warehouse")),
+        marketing_pb2_grpc.MarketingServiceStub(rt.channel("marketing")),
+    )
+    api = OrderApi(rt.engine, store, placement)
+    full_name = orders_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
+    return Wiring(
+        servicers=[(orders_pb2_grpc.add_OrderServiceServicer_to_server, api, full_name)],
+        subscriptions=[
+            Subscription("orders-shipment-dispatched", "WAREHOUSE", "warehouse.shipment.dispatched",
+                         wh_events.ShipmentDispatched, events.on_shipment_dispatched(store)),
+        ],
+    )

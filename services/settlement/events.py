@@ -1,0 +1,60 @@
+"""Handlers for the events settlement consumes."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC
+
+from omo.orders.v1 import events_pb2, orders_pb2
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.runtime import log, outbox
+from services.runtime.consumer import Delivery, PermanentError
+from services.runtime.errors import InvalidArgument
+
+from . import domain
+from .messages import split_settled
+from .store import LedgerStore
+
+SPLIT_SETTLED = "settlement.split.settled"
+_log = log.get(__name__)
+
+
+def paid_order(event: events_pb2.OrderPaid) -> domain.PaidOrder:
+    order = event.order
+    # Only a brand-funded coupon changes the split; any other discount is already in payable_fen and so
+    # comes out of the dealer's profit.
+    brand_funded = order.coupon.discount_fen if order.coupon.funder == orders_pb2.COUPON_FUNDER_BRAND else 0
+    return domain.PaidOrder(
+        order_id=order.order_id,
+        brand_id=order.brand_id,
+        dealer_id=order.dealer_id,
+        store_id=order.store_id,
+        payable_fen=order.payable_fen,
+        lines=tuple(domain.PaidLine(line.quantity, line.unit_supply_price_fen) for line in order.lines),
+        brand_funded_discount_fen=brand_funded,
+        provider_txn_id=event.provider_txn_id or order.payment_txn_id,
+        paid_at=event.paid_at.ToDatetime(tzinfo=UTC) if event.HasField("paid_at") else None,
+    )
+
+
+class OrderPaidHandler:
+    """orders.order.paid -> the order's payment and split journals, once per order."""
+
+    def __init__(self, store: LedgerStore):
+        self.store = store
+
+    async def __call__(self, conn: AsyncConnection, event: events_pb2.OrderPaid, delivery: Delivery) -> None:
+        try:
+            settlement = domain.settle(paid_order(event))
+        except InvalidArgument as exc:
+            # A malformed event never becomes valid by retrying: dead-letter it at once.
+            raise PermanentError(f"cannot settle order {event.order.order_id!r}: {exc.message}") from exc
+        settled_at = await self.store.record_split(conn, settlement)
+        if settled_at is None:
+            # Another event (a fresh event id for the same payment) split this order already.
+            _log.info("order already split", order_id=settlement.split.order_id, message_id=delivery.message_id)
+            return
+        await self.store.post(conn, settlement.journals)
+        split = dataclasses.replace(settlement.split, settled_at=settled_at)
+        await outbox.add(conn, SPLIT_SETTLED, split_settled(split))

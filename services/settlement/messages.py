@@ -1,0 +1,45 @@
+"""Domain <-> protobuf for settlement's RPC responses and the events it publishes."""
+
+from __future__ import annotations
+
+from omo.settlement.v1 import events_pb2
+from omo.settlement.v1 import settlement_pb2 as pb
+
+from services.runtime import timestamps
+
+from . import domain
+
+PARTY_TYPE = {t: pb.PartyType.Value(f"PARTY_TYPE_{t.value}") for t in domain.PartyType}
+PARTY_TYPE_OF = {v: k for k, v in PARTY_TYPE.items()}
+PURPOSE = {p: pb.AccountPurpose.Value(f"ACCOUNT_PURPOSE_{p.value}") for p in domain.Purpose}
+ROLE = {r: pb.SplitRole.Value(f"SPLIT_ROLE_{r.value}") for r in domain.SplitRole}
+REASON = {r: pb.ReceivableReason.Value(f"RECEIVABLE_REASON_{r.value}") for r in domain.ReceivableReason}
+
+
+def party_pb(party: domain.Party) -> pb.Party:
+    return pb.Party(type=PARTY_TYPE[party.type], id=party.id)
+
+
+def party_of(message: pb.Party) -> domain.Party:
+    return domain.Party(PARTY_TYPE_OF[message.type], message.id)
+
+
+def split_pb(split: domain.Split) -> pb.OrderSplit:
+    return pb.OrderSplit(
+        order_id=split.order_id,
+        paid_fen=split.paid_fen,
+        legs=[pb.SplitLeg(receiver=party_pb(leg.receiver), role=ROLE[leg.role], amount_fen=leg.amount_fen)
+              for leg in split.legs],
+        journal_ids=list(split.journal_ids),
+        settled_at=timestamps.to_proto(split.settled_at),
+        cost_fen=split.cost_fen,
+        brand_funded_discount_fen=split.brand_funded_discount_fen,
+        receivables=[pb.Receivable(creditor=party_pb(r.creditor), debtor=party_pb(r.debtor),
+                                   amount_fen=r.amount_fen, reason=REASON[r.reason])
+                     for r in split.receivables],
+    )
+
+
+def split_settled(split: domain.Split) -> events_pb2.OrderSplitSettled:
+    return events_pb2.OrderSplitSettled(order_id=split.order_id, brand_id=split.brand_id,
+                                        dealer_id=split.dealer_id, store_id=split.store_id, split=split_pb(split))

@@ -1,0 +1,172 @@
+"""SQL for the settlement schema: the ledger and the order splits.
+
+Written for the consumer's batch transaction (many events per transaction): recording a split is one
+statement and posting any number of journals is one statement, whatever the number of legs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .domain import (
+    Journal,
+    Party,
+    PartyType,
+    Purpose,
+    Receivable,
+    ReceivableReason,
+    Settlement,
+    Split,
+    SplitLeg,
+    SplitRole,
+    net_changes,
+)
+
+# The split row is the claim: ON CONFLICT DO NOTHING makes a second OrderPaid for the order a no-op, and the
+# legs and receivables are written only if this statement claimed it.
+_RECORD_SPLIT = text("""
+    WITH claimed AS (
+        INSERT INTO splits (order_id, brand_id, dealer_id, store_id, provider_txn_id, paid_fen, cost_fen,
+                            brand_funded_discount_fen, payment_journal_id, split_journal_id, paid_at)
+        VALUES (:order_id, :brand_id, :dealer_id, :store_id, :provider_txn_id, :paid_fen, :cost_fen,
+                :brand_funded_discount_fen, :payment_journal_id, :split_journal_id, :paid_at)
+        ON CONFLICT (order_id) DO NOTHING
+        RETURNING order_id, settled_at
+    ), legs AS (
+        INSERT INTO split_legs (order_id, leg, role, receiver_type, receiver_id, amount_fen)
+        SELECT c.order_id, l.leg, l.role, l.receiver_type, l.receiver_id, l.amount_fen
+        FROM claimed c,
+             unnest(CAST(:leg_roles AS text[]), CAST(:leg_types AS text[]), CAST(:leg_ids AS text[]),
+                    CAST(:leg_amounts AS bigint[])) WITH ORDINALITY
+                 AS l(role, receiver_type, receiver_id, amount_fen, leg)
+    ), receivables AS (
+        INSERT INTO split_receivables (order_id, reason, creditor_type, creditor_id, debtor_type, debtor_id,
+                                       amount_fen, journal_id)
+        SELECT c.order_id, r.reason, r.creditor_type, r.creditor_id, r.debtor_type, r.debtor_id, r.amount_fen,
+               :split_journal_id
+        FROM claimed c,
+             unnest(CAST(:rec_reasons AS text[]), CAST(:rec_creditor_types AS text[]),
+                    CAST(:rec_creditor_ids AS text[]), CAST(:rec_debtor_types AS text[]),
+                    CAST(:rec_debtor_ids AS text[]), CAST(:rec_amounts AS bigint[]))
+                 AS r(reason, creditor_type, creditor_id, debtor_type, debtor_id, amount_fen)
+    )
+    SELECT settled_at FROM claimed
+""")
+
+# One statement posts a set of journals: the accounts are created on first use and their cached balances
+# moved by each account's net change (rows locked in the domain's lock order), the journals are inserted,
+# and the postings reference the accounts the upsert returned. The postings' deferred trigger re-checks at
+# commit that every journal balances.
+_POST = text("""
+    WITH moved AS (
+        INSERT INTO accounts AS a (party_type, party_id, purpose, balance_fen)
+        SELECT * FROM unnest(CAST(:acc_types AS text[]), CAST(:acc_ids AS text[]),
+                             CAST(:acc_purposes AS text[]), CAST(:acc_changes AS bigint[]))
+        ON CONFLICT (party_type, party_id, purpose) DO UPDATE SET balance_fen = a.balance_fen + excluded.balance_fen
+        RETURNING account_id, party_type, party_id, purpose
+    ), journal AS (
+        INSERT INTO journals (journal_id, kind, business_key, order_id)
+        SELECT * FROM unnest(CAST(:j_ids AS text[]), CAST(:j_kinds AS text[]), CAST(:j_keys AS text[]),
+                             CAST(:j_orders AS text[]))
+    )
+    INSERT INTO postings (journal_id, account_id, amount_fen)
+    SELECT p.journal_id, m.account_id, p.amount_fen
+    FROM unnest(CAST(:p_journals AS text[]), CAST(:p_types AS text[]), CAST(:p_ids AS text[]),
+                CAST(:p_purposes AS text[]), CAST(:p_amounts AS bigint[])) WITH ORDINALITY
+             AS p(journal_id, party_type, party_id, purpose, amount_fen, n)
+    JOIN moved m USING (party_type, party_id, purpose)
+    ORDER BY p.n
+""")
+
+_SPLIT = text("""
+    SELECT order_id, brand_id, dealer_id, store_id, paid_fen, cost_fen, brand_funded_discount_fen,
+           payment_journal_id, split_journal_id, settled_at
+    FROM splits WHERE order_id = :order_id
+""")
+_LEGS = text("""
+    SELECT role, receiver_type, receiver_id, amount_fen FROM split_legs WHERE order_id = :order_id ORDER BY leg
+""")
+_RECEIVABLES = text("""
+    SELECT reason, creditor_type, creditor_id, debtor_type, debtor_id, amount_fen
+    FROM split_receivables WHERE order_id = :order_id ORDER BY reason
+""")
+_BALANCES = text("""
+    SELECT purpose, balance_fen FROM accounts WHERE party_type = :party_type AND party_id = :party_id
+""")
+
+
+class LedgerStore:
+    async def record_split(self, conn: AsyncConnection, settlement: Settlement) -> datetime | None:
+        """Claim the order's split and write its legs; the settled_at time, or None if the order had been
+        split already (the caller must then post nothing)."""
+        split = settlement.split
+        rec = split.receivables
+        row = (await conn.execute(_RECORD_SPLIT, {
+            "order_id": split.order_id, "brand_id": split.brand_id, "dealer_id": split.dealer_id,
+            "store_id": split.store_id, "provider_txn_id": settlement.order.provider_txn_id,
+            "paid_fen": split.paid_fen, "cost_fen": split.cost_fen,
+            "brand_funded_discount_fen": split.brand_funded_discount_fen,
+            "payment_journal_id": split.payment_journal_id, "split_journal_id": split.split_journal_id,
+            "paid_at": settlement.order.paid_at,
+            "leg_roles": [leg.role.value for leg in split.legs],
+            "leg_types": [leg.receiver.type.value for leg in split.legs],
+            "leg_ids": [leg.receiver.id for leg in split.legs],
+            "leg_amounts": [leg.amount_fen for leg in split.legs],
+            "rec_reasons": [r.reason.value for r in rec],
+            "rec_creditor_types": [r.creditor.type.value for r in rec],
+            "rec_creditor_ids": [r.creditor.id for r in rec],
+            "rec_debtor_types": [r.debtor.type.value for r in rec],
+            "rec_debtor_ids": [r.debtor.id for r in rec],
+            "rec_amounts": [r.amount_fen for r in rec],
+        })).first()
+        return None if row is None else row.settled_at
+
+    async def post(self, conn: AsyncConnection, journals: Sequence[Journal]) -> None:
+        """Append balanced journals to the ledger and move the cached balances with them, atomically with
+        the caller's transaction. A journal whose business key was posted before fails the transaction."""
+        changes = net_changes(journals)
+        postings = [(j.journal_id, p) for j in journals for p in j.postings]
+        result = await conn.execute(_POST, {
+            "acc_types": [k.party.type.value for k, _ in changes],
+            "acc_ids": [k.party.id for k, _ in changes],
+            "acc_purposes": [k.purpose.value for k, _ in changes],
+            "acc_changes": [change for _, change in changes],
+            "j_ids": [j.journal_id for j in journals],
+            "j_kinds": [j.kind.value for j in journals],
+            "j_keys": [j.business_key for j in journals],
+            "j_orders": [j.order_id for j in journals],
+            "p_journals": [jid for jid, _ in postings],
+            "p_types": [p.account.party.type.value for _, p in postings],
+            "p_ids": [p.account.party.id for _, p in postings],
+            "p_purposes": [p.account.purpose.value for _, p in postings],
+            "p_amounts": [p.amount_fen for _, p in postings],
+        })
+        if result.rowcount != len(postings):
+            # Every posting's account is among the upserted ones, so this is a bug, never bad input.
+            raise RuntimeError(f"posted {result.rowcount} of {len(postings)} postings")
+
+    async def split(self, conn: AsyncConnection, order_id: str) -> Split | None:
+        row = (await conn.execute(_SPLIT, {"order_id": order_id})).first()
+        if row is None:
+            return None
+        legs = (await conn.execute(_LEGS, {"order_id": order_id})).all()
+        receivables = (await conn.execute(_RECEIVABLES, {"order_id": order_id})).all()
+        return Split(
+            order_id=row.order_id, brand_id=row.brand_id, dealer_id=row.dealer_id, store_id=row.store_id,
+            paid_fen=row.paid_fen, cost_fen=row.cost_fen, brand_funded_discount_fen=row.brand_funded_discount_fen,
+            legs=tuple(SplitLeg(Party(PartyType(r.receiver_type), r.receiver_id), SplitRole(r.role), r.amount_fen)
+                       for r in legs),
+            receivables=tuple(
+                Receivable(Party(PartyType(r.creditor_type), r.creditor_id),
+                           Party(PartyType(r.debtor_type), r.debtor_id), r.amount_fen, ReceivableReason(r.reason))
+                for r in receivables),
+            payment_journal_id=row.payment_journal_id, split_journal_id=row.split_journal_id,
+            settled_at=row.settled_at,
+        )
+
+    async def balances(self, conn: AsyncConnection, party: Party) -> dict[Purpose, int]:
+        rows = (await conn.execute(_BALANCES, {"party_type": party.type.value, "party_id": party.id})).all()
+        return {Purpose(r.purpose): r.balance_fen for r in rows}

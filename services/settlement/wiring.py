@@ -1,0 +1,26 @@
+"""Wires settlement's parts together on the shared runtime."""
+
+from __future__ import annotations
+
+from omo.orders.v1 import events_pb2 as orders_events
+from omo.settlement.v1 import settlement_pb2, settlement_pb2_grpc
+
+from services.runtime.consumer import Subscription
+from services.runtime.server import Runtime, Wiring
+
+from .api import SettlementApi
+from .events import OrderPaidHandler
+from .store import LedgerStore
+
+
+async def wire(rt: Runtime) -> Wiring:
+    store = LedgerStore()
+    api = SettlementApi(rt.engine, store)
+    full_name = settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"].full_name
+    return Wiring(
+        servicers=[(settlement_pb2_grpc.add_SettlementServiceServicer_to_server, api, full_name)],
+        subscriptions=[
+            Subscription("settlement-order-paid", "ORDERS", "orders.order.paid", orders_events.OrderPaid,
+                         OrderPaidHandler(store)),
+        ],
+    )

@@ -1,0 +1,69 @@
+"""Domain objects -> protobuf messages, shared by the API and the events the service publishes."""
+
+from __future__ import annotations
+
+from omo.warehouse.v1 import events_pb2 as ev
+from omo.warehouse.v1 import warehouse_pb2 as pb
+
+from services.runtime.timestamps import to_proto
+
+from . import domain
+
+RESERVATION_RELEASED = "warehouse.reservation.released"
+SHIPMENT_DISPATCHED = "warehouse.shipment.dispatched"
+
+_STATUS = {
+    domain.ReservationStatus.RESERVED: pb.RESERVATION_STATUS_RESERVED,
+    domain.ReservationStatus.RELEASED: pb.RESERVATION_STATUS_RELEASED,
+    domain.ReservationStatus.SHIPPED: pb.RESERVATION_STATUS_SHIPPED,
+}
+_REASON = {
+    domain.MovementReason.RECEIPT: pb.MOVEMENT_REASON_RECEIPT,
+    domain.MovementReason.RESERVATION: pb.MOVEMENT_REASON_RESERVATION,
+    domain.MovementReason.RELEASE: pb.MOVEMENT_REASON_RELEASE,
+    domain.MovementReason.SHIPMENT: pb.MOVEMENT_REASON_SHIPMENT,
+    domain.MovementReason.ADJUSTMENT: pb.MOVEMENT_REASON_ADJUSTMENT,
+    domain.MovementReason.RETURN: pb.MOVEMENT_REASON_RETURN,
+}
+KINDS = {pb.WAREHOUSE_KIND_CLOUD: "CLOUD"}
+_KIND_PB = {name: value for value, name in KINDS.items()}
+
+
+def warehouse_pb(w: domain.Warehouse) -> pb.Warehouse:
+    return pb.Warehouse(warehouse_id=w.warehouse_id, code=w.code, name=w.name, kind=_KIND_PB[w.kind],
+                        region=w.region, latitude=w.latitude, longitude=w.longitude)
+
+
+def level_pb(s: domain.StockLevel) -> pb.StockLevel:
+    return pb.StockLevel(warehouse_id=s.warehouse_id, sku_id=s.sku_id, on_hand=s.on_hand, reserved=s.reserved,
+                         available=s.available)
+
+
+def lines_pb(lines: tuple[domain.Line, ...]) -> list[pb.StockLine]:
+    return [pb.StockLine(sku_id=line.sku_id, quantity=line.quantity) for line in lines]
+
+
+def reservation_pb(r: domain.Reservation) -> pb.Reservation:
+    return pb.Reservation(reservation_id=r.reservation_id, order_id=r.order_id, warehouse_id=r.warehouse_id,
+                          status=_STATUS[r.status], lines=lines_pb(r.lines), created_at=to_proto(r.created_at))
+
+
+def shipment_pb(s: domain.Shipment) -> pb.Shipment:
+    return pb.Shipment(shipment_id=s.shipment_id, order_id=s.order_id, warehouse_id=s.warehouse_id,
+                       status=pb.SHIPMENT_STATUS_DISPATCHED, lines=lines_pb(s.lines),
+                       dispatched_at=to_proto(s.dispatched_at))
+
+
+def movement_pb(m: domain.Movement) -> pb.Movement:
+    return pb.Movement(movement_id=m.movement_id, warehouse_id=m.warehouse_id, sku_id=m.sku_id,
+                       on_hand_delta=m.on_hand_delta, reserved_delta=m.reserved_delta, reason=_REASON[m.reason],
+                       reference_id=m.reference_id, created_at=to_proto(m.created_at))
+
+
+def shipment_dispatched(s: domain.Shipment) -> ev.ShipmentDispatched:
+    return ev.ShipmentDispatched(shipment_id=s.shipment_id, order_id=s.order_id, warehouse_id=s.warehouse_id,
+                                 lines=lines_pb(s.lines), dispatched_at=to_proto(s.dispatched_at))
+
+
+def reservation_released(r: domain.Reservation, reason: str) -> ev.ReservationReleased:
+    return ev.ReservationReleased(reservation_id=r.reservation_id, order_id=r.order_id, reason=reason)

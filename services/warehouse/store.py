@@ -1,0 +1,394 @@
+"""SQL for the warehouse schema.
+
+Every statement that changes on_hand or reserved also writes the movements for that change, in the same
+statement, so the ledger cannot drift from the levels. Stock rows are always locked in sku_id order
+(`... ORDER BY sku_id FOR UPDATE`) before they are updated, so two orders touching the same SKUs cannot
+deadlock each other."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeVar
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.runtime.errors import Unavailable
+
+from .domain import (
+    Availability,
+    Line,
+    Movement,
+    MovementReason,
+    Reservation,
+    ReservationStatus,
+    Shipment,
+    StockLevel,
+    Warehouse,
+)
+
+T = TypeVar("T")
+
+_WAREHOUSE_COLS = "warehouse_id, code, name, kind, region, latitude, longitude"
+# A reservation `r` with its lines as two parallel arrays in sku_id order.
+_RESERVATION_COLS = """
+    r.reservation_id, r.order_id, r.warehouse_id, r.status, r.created_at, r.idempotency_key, r.request_hash,
+    ARRAY(SELECT l.sku_id FROM reservation_lines l WHERE l.reservation_id = r.reservation_id
+          ORDER BY l.sku_id) AS skus,
+    ARRAY(SELECT l.quantity FROM reservation_lines l WHERE l.reservation_id = r.reservation_id
+          ORDER BY l.sku_id) AS quantities
+"""
+# The lines as a relation from two parallel arrays. In every statement below, a MATERIALIZED `locked` CTE
+# locks their stock rows `ORDER BY sku_id FOR UPDATE` before the UPDATE, so the lock order is the sort
+# order whatever plan the UPDATE gets.
+_LINES = "lines AS (SELECT * FROM unnest(CAST(:skus AS text[]), CAST(:qtys AS bigint[])) AS l(sku_id, quantity))"
+
+# ReserveStock in one statement, run outside an explicit transaction: the hot stock row is locked only for
+# the few microseconds the statement runs, which is what lets a flash sale on one SKU go fast.
+#   prior:    a reservation that already has this key or this order -> do nothing, the caller decides.
+#   level:    availability of the lines' SKUs in every cloud warehouse, as of the statement's snapshot.
+#   target:   the first warehouse (by id) covering every line in that snapshot.
+#   locked:   lock those stock rows in sku_id order, re-checking availability on the newest row versions.
+#   held:     the conditional UPDATE, only if every line is still covered: all lines or none.
+_RESERVE = text(f"""
+    WITH {_LINES},
+    prior AS (
+        SELECT 1 FROM reservations WHERE idempotency_key = :key OR order_id = :order_id
+    ),
+    level AS MATERIALIZED (
+        SELECT s.warehouse_id, s.sku_id, s.on_hand - s.reserved AS available, l.quantity
+        FROM stock s JOIN lines l ON l.sku_id = s.sku_id JOIN warehouses h ON h.warehouse_id = s.warehouse_id
+        WHERE h.kind = 'CLOUD'
+    ),
+    target AS (
+        SELECT warehouse_id FROM level
+        WHERE available >= quantity AND NOT EXISTS (SELECT 1 FROM prior)
+        GROUP BY warehouse_id HAVING count(*) = :n
+        ORDER BY warehouse_id LIMIT 1
+    ),
+    locked AS MATERIALIZED (
+        SELECT s.warehouse_id, s.sku_id, l.quantity
+        FROM stock s JOIN target t ON t.warehouse_id = s.warehouse_id JOIN lines l ON l.sku_id = s.sku_id
+        WHERE s.on_hand - s.reserved >= l.quantity
+        ORDER BY s.sku_id
+        FOR UPDATE OF s
+    ),
+    held AS (
+        UPDATE stock s SET reserved = s.reserved + k.quantity, updated_at = now()
+        FROM locked k
+        WHERE (SELECT count(*) FROM locked) = :n
+          AND s.warehouse_id = k.warehouse_id AND s.sku_id = k.sku_id
+          AND s.on_hand - s.reserved >= k.quantity
+        RETURNING s.warehouse_id, s.sku_id, k.quantity
+    ),
+    reservation AS (
+        INSERT INTO reservations (reservation_id, order_id, warehouse_id, status, idempotency_key, request_hash)
+        SELECT :rid, :order_id, t.warehouse_id, 'RESERVED', :key, CAST(:hash AS bytea) FROM target t
+        WHERE EXISTS (SELECT 1 FROM held)
+        RETURNING warehouse_id, created_at
+    ),
+    held_lines AS (
+        INSERT INTO reservation_lines (reservation_id, sku_id, quantity)
+        SELECT :rid, sku_id, quantity FROM held
+    ),
+    moved AS (
+        INSERT INTO movements (warehouse_id, sku_id, on_hand_delta, reserved_delta, reason, reference_id)
+        SELECT warehouse_id, sku_id, 0, quantity, 'reservation', :rid FROM held ORDER BY sku_id
+    )
+    SELECT EXISTS (SELECT 1 FROM prior) AS prior,
+           (SELECT warehouse_id FROM reservation) AS warehouse_id,
+           (SELECT created_at FROM reservation) AS created_at,
+           ARRAY(SELECT warehouse_id FROM level ORDER BY warehouse_id, sku_id) AS level_warehouses,
+           ARRAY(SELECT sku_id FROM level ORDER BY warehouse_id, sku_id) AS level_skus,
+           ARRAY(SELECT available FROM level ORDER BY warehouse_id, sku_id) AS level_available
+""")
+
+# RESERVED -> RELEASED: the held units go back to available stock.
+_RELEASE = text(f"""
+    WITH {_LINES},
+    locked AS MATERIALIZED (
+        SELECT s.sku_id, l.quantity FROM stock s JOIN lines l ON l.sku_id = s.sku_id
+        WHERE s.warehouse_id = :w ORDER BY s.sku_id FOR UPDATE OF s
+    ),
+    freed AS (
+        UPDATE stock s SET reserved = s.reserved - k.quantity, updated_at = now()
+        FROM locked k
+        WHERE s.warehouse_id = :w AND s.sku_id = k.sku_id AND s.reserved >= k.quantity
+        RETURNING s.sku_id, k.quantity
+    ),
+    moved AS (
+        INSERT INTO movements (warehouse_id, sku_id, on_hand_delta, reserved_delta, reason, reference_id)
+        SELECT :w, sku_id, 0, -quantity, 'release', :rid FROM freed ORDER BY sku_id
+    ),
+    changed AS (
+        UPDATE reservations SET status = 'RELEASED', release_reason = :reason, updated_at = now()
+        WHERE reservation_id = :rid AND status = 'RESERVED'
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM freed) AS lines, (SELECT count(*) FROM changed) AS reservations
+""")
+
+# The parts of shipping common to a held and a re-taken reservation: the shipment, its lines, the status.
+_SHIPMENT_ROWS = """
+    shipment AS (
+        INSERT INTO shipments (shipment_id, order_id, warehouse_id, reservation_id, status, dispatched_at)
+        SELECT :sid, :order_id, :w, :rid, 'DISPATCHED', CAST(:at AS timestamptz) WHERE EXISTS (SELECT 1 FROM taken)
+        RETURNING 1
+    ),
+    shipped_lines AS (
+        INSERT INTO shipment_lines (shipment_id, sku_id, quantity) SELECT :sid, sku_id, quantity FROM taken
+    ),
+    changed AS (
+        UPDATE reservations SET status = 'SHIPPED', warehouse_id = :w, updated_at = now()
+        WHERE reservation_id = :rid AND status = :from_status AND EXISTS (SELECT 1 FROM taken)
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM taken) AS lines, (SELECT count(*) FROM changed) AS reservations
+"""
+
+# RESERVED -> SHIPPED: the held units leave, on_hand and reserved both go down.
+_SHIP_HELD = text(f"""
+    WITH {_LINES},
+    locked AS MATERIALIZED (
+        SELECT s.sku_id, l.quantity FROM stock s JOIN lines l ON l.sku_id = s.sku_id
+        WHERE s.warehouse_id = :w ORDER BY s.sku_id FOR UPDATE OF s
+    ),
+    taken AS (
+        UPDATE stock s SET on_hand = s.on_hand - k.quantity, reserved = s.reserved - k.quantity,
+                           updated_at = now()
+        FROM locked k
+        WHERE s.warehouse_id = :w AND s.sku_id = k.sku_id AND s.reserved >= k.quantity
+        RETURNING s.sku_id, k.quantity
+    ),
+    moved AS (
+        INSERT INTO movements (warehouse_id, sku_id, on_hand_delta, reserved_delta, reason, reference_id)
+        SELECT :w, sku_id, -quantity, -quantity, 'shipment', :sid FROM taken ORDER BY sku_id
+    ),
+    {_SHIPMENT_ROWS}
+""")
+
+# RELEASED -> SHIPPED from warehouse :w: take the units again with the same conditional update as a
+# reservation (all lines or none) and ship them at once. The ledger shows both steps.
+_RETAKE_AND_SHIP = text(f"""
+    WITH {_LINES},
+    locked AS MATERIALIZED (
+        SELECT s.sku_id, l.quantity FROM stock s JOIN lines l ON l.sku_id = s.sku_id
+        WHERE s.warehouse_id = :w AND s.on_hand - s.reserved >= l.quantity
+        ORDER BY s.sku_id FOR UPDATE OF s
+    ),
+    taken AS (
+        UPDATE stock s SET on_hand = s.on_hand - k.quantity, updated_at = now()
+        FROM locked k
+        WHERE (SELECT count(*) FROM locked) = :n
+          AND s.warehouse_id = :w AND s.sku_id = k.sku_id AND s.on_hand - s.reserved >= k.quantity
+        RETURNING s.sku_id, k.quantity
+    ),
+    moved AS (
+        INSERT INTO movements (warehouse_id, sku_id, on_hand_delta, reserved_delta, reason, reference_id)
+        SELECT :w, t.sku_id, step.on_hand * t.quantity, step.reserved * t.quantity, step.reason,
+               CASE step.reason WHEN 'reservation' THEN :rid ELSE :sid END
+        FROM taken t
+        CROSS JOIN (VALUES (1, 0, 1, 'reservation'), (2, -1, -1, 'shipment')) AS step(seq, on_hand, reserved, reason)
+        ORDER BY step.seq, t.sku_id
+    ),
+    {_SHIPMENT_ROWS}
+""")
+
+_RECEIVE = text("""
+    WITH level AS (
+        INSERT INTO stock (warehouse_id, sku_id, on_hand) VALUES (:w, :s, CAST(:q AS bigint))
+        ON CONFLICT (warehouse_id, sku_id)
+        DO UPDATE SET on_hand = stock.on_hand + EXCLUDED.on_hand, updated_at = now()
+        RETURNING warehouse_id, sku_id, on_hand, reserved
+    ),
+    moved AS (
+        INSERT INTO movements (warehouse_id, sku_id, on_hand_delta, reserved_delta, reason, reference_id)
+        SELECT warehouse_id, sku_id, CAST(:q AS bigint), 0, 'receipt', :ref FROM level
+    )
+    SELECT warehouse_id, sku_id, on_hand, reserved FROM level
+""")
+
+# SQLSTATEs worth one more try: another transaction won a lock cycle or a serialization race.
+_RETRYABLE = {"40P01", "40001"}
+_LOCK_TIMEOUT = "55P03"
+_UNIQUE_VIOLATION = "23505"
+
+
+def sqlstate(err: DBAPIError) -> str | None:
+    return getattr(err.orig, "sqlstate", None)
+
+
+def is_unique_violation(err: DBAPIError) -> bool:
+    return sqlstate(err) == _UNIQUE_VIOLATION
+
+
+async def retry_conflicts(attempt: Callable[[], Awaitable[T]], tries: int = 4) -> T:
+    """Run a whole transaction again if the database chose it as a deadlock victim; a lock that stays busy
+    past lock_timeout is UNAVAILABLE (safe to retry with the same idempotency key), never INTERNAL."""
+    for n in range(tries):
+        try:
+            return await attempt()
+        except DBAPIError as err:
+            code = sqlstate(err)
+            if code == _LOCK_TIMEOUT:
+                raise Unavailable("stock is busy, retry with the same idempotency key", reason="LOCK_TIMEOUT") from err
+            if code not in _RETRYABLE or n == tries - 1:
+                raise
+            await asyncio.sleep(0.005 * (n + 1))
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class ReserveResult:
+    """What the one-statement reservation did: found a prior reservation, reserved, or neither (then
+    `available` is the snapshot it decided on)."""
+
+    prior: bool
+    warehouse_id: str | None
+    created_at: datetime | None
+    available: Availability
+
+
+def _split(lines: tuple[Line, ...]) -> dict[str, list]:
+    return {"skus": [line.sku_id for line in lines], "qtys": [line.quantity for line in lines], "n": len(lines)}
+
+
+def _reservation(row) -> Reservation:  # type: ignore[no-untyped-def]
+    return Reservation(
+        reservation_id=row.reservation_id,
+        order_id=row.order_id,
+        warehouse_id=row.warehouse_id,
+        status=ReservationStatus(row.status),
+        lines=tuple(Line(s, q) for s, q in zip(row.skus, row.quantities, strict=True)),
+        created_at=row.created_at,
+        idempotency_key=row.idempotency_key,
+        request_hash=bytes(row.request_hash),
+    )
+
+
+class WarehouseStore:
+    # -- warehouses and stock ---------------------------------------------------------------------------
+    async def add_warehouse(self, conn: AsyncConnection, w: Warehouse) -> bool:
+        """False if the code is taken (the unique constraint decides, so concurrent creates are safe)."""
+        row = (await conn.execute(
+            text(f"INSERT INTO warehouses ({_WAREHOUSE_COLS}) VALUES "
+                 "(:warehouse_id, :code, :name, :kind, :region, :latitude, :longitude) "
+                 "ON CONFLICT (code) DO NOTHING RETURNING 1"),
+            vars(w),
+        )).first()
+        return row is not None
+
+    async def warehouse(self, conn: AsyncConnection, warehouse_id: str) -> Warehouse | None:
+        row = (await conn.execute(text(f"SELECT {_WAREHOUSE_COLS} FROM warehouses WHERE warehouse_id = :id"),
+                                  {"id": warehouse_id})).first()
+        return Warehouse(*row) if row else None
+
+    async def cloud_warehouse_ids(self, conn: AsyncConnection) -> list[str]:
+        rows = await conn.execute(text("SELECT warehouse_id FROM warehouses WHERE kind = 'CLOUD' "
+                                       "ORDER BY warehouse_id"))
+        return [r.warehouse_id for r in rows]
+
+    async def receive(self, conn: AsyncConnection, warehouse_id: str, sku_id: str, quantity: int,
+                      receipt_id: str) -> StockLevel:
+        row = (await conn.execute(_RECEIVE, {"w": warehouse_id, "s": sku_id, "q": quantity,
+                                             "ref": receipt_id})).one()
+        return StockLevel(*row)
+
+    async def levels(self, conn: AsyncConnection, sku_id: str) -> list[StockLevel]:
+        rows = await conn.execute(text("SELECT warehouse_id, sku_id, on_hand, reserved FROM stock "
+                                       "WHERE sku_id = :s ORDER BY warehouse_id"), {"s": sku_id})
+        return [StockLevel(*r) for r in rows]
+
+    async def movements(self, conn: AsyncConnection, warehouse_id: str, sku_id: str, after: int,
+                        limit: int) -> list[Movement]:
+        rows = await conn.execute(
+            text("SELECT movement_id, warehouse_id, sku_id, on_hand_delta, reserved_delta, reason, reference_id, "
+                 "created_at FROM movements WHERE warehouse_id = :w AND sku_id = :s AND movement_id > :after "
+                 "ORDER BY movement_id LIMIT :n"),
+            {"w": warehouse_id, "s": sku_id, "after": after, "n": limit},
+        )
+        return [Movement(r.movement_id, r.warehouse_id, r.sku_id, r.on_hand_delta, r.reserved_delta,
+                         MovementReason(r.reason), r.reference_id, r.created_at) for r in rows]
+
+    # -- reservations -----------------------------------------------------------------------------------
+    async def reserve(self, conn: AsyncConnection, reservation_id: str, order_id: str, key: str,
+                      request_hash: bytes, lines: tuple[Line, ...]) -> ReserveResult:
+        row = (await conn.execute(_RESERVE, {
+            **_split(lines), "rid": reservation_id, "order_id": order_id, "key": key, "hash": request_hash,
+        })).one()
+        available: dict[str, dict[str, int]] = {}
+        for w, s, a in zip(row.level_warehouses, row.level_skus, row.level_available, strict=True):
+            available.setdefault(w, {})[s] = a
+        return ReserveResult(row.prior, row.warehouse_id, row.created_at, available)
+
+    async def prior_reservations(self, conn: AsyncConnection, key: str, order_id: str) -> list[Reservation]:
+        rows = await conn.execute(
+            text(f"SELECT {_RESERVATION_COLS} FROM reservations r WHERE r.idempotency_key = :key OR r.order_id = :o"),
+            {"key": key, "o": order_id},
+        )
+        return [_reservation(r) for r in rows]
+
+    async def reservation(self, conn: AsyncConnection, reservation_id: str, *,
+                          lock: bool = False) -> Reservation | None:
+        sql = (f"SELECT {_RESERVATION_COLS} FROM reservations r WHERE r.reservation_id = :id"
+               + (" FOR UPDATE OF r" if lock else ""))
+        row = (await conn.execute(text(sql), {"id": reservation_id})).first()
+        return _reservation(row) if row else None
+
+    async def reservation_for_order(self, conn: AsyncConnection, order_id: str) -> tuple[Reservation, bool] | None:
+        """The order's reservation, locked against concurrent shipping or release, and whether the order has
+        a shipment already."""
+        sql = (f"SELECT {_RESERVATION_COLS}, EXISTS (SELECT 1 FROM shipments s WHERE s.order_id = r.order_id) "
+               "AS shipped FROM reservations r WHERE r.order_id = :o FOR UPDATE OF r")
+        row = (await conn.execute(text(sql), {"o": order_id})).first()
+        return (_reservation(row), row.shipped) if row else None
+
+    async def release(self, conn: AsyncConnection, reservation: Reservation, reason: str) -> None:
+        row = (await conn.execute(_RELEASE, {**_split(reservation.lines), "w": reservation.warehouse_id,
+                                             "rid": reservation.reservation_id, "reason": reason})).one()
+        _expect(row, len(reservation.lines), "release", reservation)
+
+    # -- shipments --------------------------------------------------------------------------------------
+    async def ship_held(self, conn: AsyncConnection, reservation: Reservation, shipment: Shipment) -> None:
+        row = (await conn.execute(_SHIP_HELD, _ship_params(reservation, shipment))).one()
+        _expect(row, len(reservation.lines), "ship", reservation)
+
+    async def retake_and_ship(self, conn: AsyncConnection, reservation: Reservation, shipment: Shipment) -> bool:
+        """False (and nothing changed) if the warehouse no longer has every line available."""
+        row = (await conn.execute(_RETAKE_AND_SHIP, _ship_params(reservation, shipment))).one()
+        if row.lines == 0:
+            return False
+        _expect(row, len(reservation.lines), "re-take", reservation)
+        return True
+
+    async def shipments(self, conn: AsyncConnection, order_id: str) -> list[Shipment]:
+        rows = await conn.execute(
+            text("SELECT s.shipment_id, s.order_id, s.warehouse_id, s.reservation_id, s.status, s.dispatched_at, "
+                 "ARRAY(SELECT l.sku_id FROM shipment_lines l WHERE l.shipment_id = s.shipment_id "
+                 "      ORDER BY l.sku_id) AS skus, "
+                 "ARRAY(SELECT l.quantity FROM shipment_lines l WHERE l.shipment_id = s.shipment_id "
+                 "      ORDER BY l.sku_id) AS quantities "
+                 "FROM shipments s WHERE s.order_id = :o ORDER BY s.shipment_id"),
+            {"o": order_id},
+        )
+        return [Shipment(r.shipment_id, r.order_id, r.warehouse_id, r.reservation_id,
+                         tuple(Line(s, q) for s, q in zip(r.skus, r.quantities, strict=True)),
+                         r.dispatched_at, r.status) for r in rows]
+
+
+def _ship_params(reservation: Reservation, shipment: Shipment) -> dict[str, object]:
+    return {**_split(shipment.lines), "w": shipment.warehouse_id, "rid": reservation.reservation_id,
+            "sid": shipment.shipment_id, "order_id": shipment.order_id, "at": shipment.dispatched_at,
+            "from_status": str(reservation.status)}
+
+
+def _expect(row, lines: int, what: str, reservation: Reservation) -> None:  # type: ignore[no-untyped-def]
+    """The caller holds the reservation's row lock and checked its state, so anything short of every line
+    and the one reservation changing is a broken invariant: fail the transaction rather than half-apply."""
+    if row.lines != lines or row.reservations != 1:
+        raise RuntimeError(f"{what} of reservation {reservation.reservation_id} changed {row.lines}/{lines} "
+                           f"stock rows and {row.reservations} reservations")

@@ -1,0 +1,199 @@
+"""Split settlement rules: the cost goes to the brand, the profit stays with the dealer, and every journal
+balances — for any order, including coupons larger than the cost and payments below cost."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.runtime.errors import InvalidArgument
+from services.settlement import domain
+from services.settlement.domain import (
+    AccountKey,
+    Journal,
+    JournalKind,
+    PaidLine,
+    PaidOrder,
+    Party,
+    PartyType,
+    Posting,
+    Purpose,
+    ReceivableReason,
+    SplitRole,
+    UnbalancedJournal,
+)
+
+BRAND = Party(PartyType.BRAND, "brd_1")
+DEALER = Party(PartyType.DEALER, "dlr_1")
+
+
+def order(payable: int, lines: list[tuple[int, int]], brand_discount: int = 0, order_id: str = "ord_1") -> PaidOrder:
+    return PaidOrder(order_id=order_id, brand_id=BRAND.id, dealer_id=DEALER.id, store_id="str_1",
+                     payable_fen=payable, lines=tuple(PaidLine(q, p) for q, p in lines),
+                     brand_funded_discount_fen=brand_discount, provider_txn_id="txn_1")
+
+
+def leg(settlement: domain.Settlement, role: SplitRole) -> int:
+    return next(x.amount_fen for x in settlement.split.legs if x.role is role)
+
+
+def changes(settlement: domain.Settlement) -> dict[tuple[Party, Purpose], int]:
+    return {(k.party, k.purpose): v for k, v in domain.net_changes(settlement.journals)}
+
+
+def test_cost_to_brand_and_profit_to_dealer():
+    s = domain.settle(order(payable=259_800, lines=[(2, 100_000)]))
+    assert leg(s, SplitRole.COST_TO_BRAND) == 200_000
+    assert leg(s, SplitRole.PROFIT_TO_DEALER) == 59_800
+    assert s.split.receivables == ()
+    assert changes(s) == {
+        (domain.PAYMENT_PROVIDER, Purpose.PAYMENTS_CLEARING): -259_800,
+        (DEALER, Purpose.MERCHANT_FROZEN): 0,
+        (BRAND, Purpose.COST_SHARE): 200_000,
+        (DEALER, Purpose.MERCHANT_AVAILABLE): 59_800,
+    }
+    payment, split = s.journals
+    assert [(p.account.purpose, p.amount_fen) for p in payment.postings] == [
+        (Purpose.PAYMENTS_CLEARING, -259_800), (Purpose.MERCHANT_FROZEN, 259_800)]
+    assert split.postings[0] == Posting(AccountKey(DEALER, Purpose.MERCHANT_FROZEN), -259_800)
+
+
+def test_brand_funded_coupon_lowers_the_brand_share_only():
+    s = domain.settle(order(payable=249_800, lines=[(2, 100_000)], brand_discount=10_000))
+    assert leg(s, SplitRole.COST_TO_BRAND) == 190_000
+    assert leg(s, SplitRole.PROFIT_TO_DEALER) == 59_800
+
+
+def test_paid_below_cost_caps_the_brand_leg_and_the_dealer_owes_the_rest():
+    s = domain.settle(order(payable=80_000, lines=[(1, 100_000)]))
+    assert leg(s, SplitRole.COST_TO_BRAND) == 80_000
+    assert leg(s, SplitRole.PROFIT_TO_DEALER) == 0
+    [r] = s.split.receivables
+    assert (r.creditor, r.debtor, r.amount_fen, r.reason) == (BRAND, DEALER, 20_000, ReceivableReason.PAID_BELOW_COST)
+    c = changes(s)
+    assert c[(DEALER, Purpose.PAYABLE)] == -20_000
+    assert c[(BRAND, Purpose.RECEIVABLE)] == 20_000
+    # A clamped leg moves no money, so it has no posting.
+    assert (DEALER, Purpose.MERCHANT_AVAILABLE) not in c
+
+
+def test_brand_coupon_above_cost_leaves_the_brand_leg_at_zero_and_the_brand_owes_the_dealer():
+    s = domain.settle(order(payable=1_000, lines=[(1, 3_000)], brand_discount=5_000))
+    assert leg(s, SplitRole.COST_TO_BRAND) == 0
+    assert leg(s, SplitRole.PROFIT_TO_DEALER) == 1_000
+    [r] = s.split.receivables
+    assert (r.creditor, r.debtor, r.amount_fen, r.reason) == (
+        DEALER, BRAND, 2_000, ReceivableReason.BRAND_COUPON_ABOVE_COST)
+
+
+def test_journals_are_derived_from_the_order_so_a_duplicate_derives_the_same_ones():
+    a, b = domain.settle(order(1_000, [(1, 500)])), domain.settle(order(1_000, [(1, 500)]))
+    assert [j.journal_id for j in a.journals] == [j.journal_id for j in b.journals]
+    assert a.split.journal_ids == tuple(j.journal_id for j in a.journals)
+    assert [j.business_key for j in a.journals] == ["ORDER_PAYMENT/ord_1", "ORDER_SPLIT/ord_1"]
+    other = domain.settle(order(1_000, [(1, 500)], order_id="ord_2"))
+    assert not set(a.split.journal_ids) & set(other.split.journal_ids)
+
+
+def test_an_unbalanced_journal_cannot_be_built():
+    acct = AccountKey(DEALER, Purpose.MERCHANT_AVAILABLE)
+    with pytest.raises(UnbalancedJournal):
+        Journal("jnl_x", JournalKind.ORDER_SPLIT, "k", "ord", (Posting(acct, 5), Posting(acct, -4)))
+    with pytest.raises(UnbalancedJournal):
+        Journal("jnl_x", JournalKind.ORDER_SPLIT, "k", "ord", (Posting(acct, 0), Posting(acct, 0)))
+
+
+def test_provider_clearing_is_locked_first():
+    s = domain.settle(order(1_000, [(1, 500)]))
+    first, *_ = domain.net_changes(s.journals)
+    assert first[0] == AccountKey(domain.PAYMENT_PROVIDER, Purpose.PAYMENTS_CLEARING)
+
+
+@pytest.mark.parametrize(("bad", "field"), [
+    ({"payable_fen": 0}, "order.payable_fen"),
+    ({"dealer_id": ""}, "order.dealer_id"),
+    ({"lines": ()}, "order.lines"),
+    ({"lines": (PaidLine(0, 100),)}, "order.lines[0].quantity"),
+    ({"lines": (PaidLine(1, 1), PaidLine(1, -1))}, "order.lines[1].unit_supply_price_fen"),
+    ({"brand_funded_discount_fen": -1}, "order.coupon.discount_fen"),
+    ({"lines": (PaidLine(10_000, 2**62),)}, "order.lines"),
+])
+def test_an_unsettleable_order_names_the_field(bad, field):
+    with pytest.raises(InvalidArgument) as err:
+        domain.settle(dataclasses.replace(order(1_000, [(1, 500)]), **bad))
+    assert [f for f, _ in err.value.violations] == [field]
+
+
+# -- properties ---------------------------------------------------------------------------------------------
+
+lines_st = st.lists(st.tuples(st.integers(1, 100), st.integers(0, 2_000_000)), min_size=1, max_size=8)
+
+
+@st.composite
+def orders(draw):  # type: ignore[no-untyped-def]
+    lines = draw(lines_st)
+    cost = sum(q * p for q, p in lines)
+    # Payable anywhere from 1 fen to well above cost (below cost = zero or negative margin).
+    payable = draw(st.integers(1, max(1, cost * 2 + 1_000)))
+    # Coupons up to twice the cost: larger than the cost is allowed.
+    discount = draw(st.one_of(st.just(0), st.integers(0, cost * 2 + 1_000)))
+    return order(payable, lines, discount)
+
+
+# No deadline: a loaded machine must not turn speed into a failure.
+@settings(deadline=None)
+@given(orders())
+def test_every_journal_balances_and_no_leg_is_negative(o):
+    s = domain.settle(o)
+    for journal in s.journals:
+        assert sum(p.amount_fen for p in journal.postings) == 0
+        assert all(p.amount_fen != 0 for p in journal.postings)
+    assert all(leg.amount_fen >= 0 for leg in s.split.legs)
+    assert sum(leg.amount_fen for leg in s.split.legs) == o.payable_fen == s.split.paid_fen
+    assert all(r.amount_fen > 0 for r in s.split.receivables)
+    assert len(s.split.receivables) <= 1
+
+
+@settings(deadline=None)
+@given(orders())
+def test_money_lands_where_the_legs_say_and_nothing_stays_frozen(o):
+    s = domain.settle(o)
+    c = changes(s)
+    assert c[(domain.PAYMENT_PROVIDER, Purpose.PAYMENTS_CLEARING)] == -o.payable_fen
+    assert c[(DEALER, Purpose.MERCHANT_FROZEN)] == 0
+    assert c.get((BRAND, Purpose.COST_SHARE), 0) == leg(s, SplitRole.COST_TO_BRAND)
+    assert c.get((DEALER, Purpose.MERCHANT_AVAILABLE), 0) == leg(s, SplitRole.PROFIT_TO_DEALER)
+    assert sum(c.values()) == 0
+
+
+@settings(deadline=None)
+@given(orders())
+def test_with_its_receivable_each_party_ends_with_the_unclamped_figure(o):
+    s = domain.settle(o)
+    cost = domain.cost_of(o)
+    brand_share = cost - o.brand_funded_discount_fen
+    c = changes(s)
+    brand_net = sum(v for (party, _), v in c.items() if party == BRAND)
+    dealer_net = sum(v for (party, _), v in c.items() if party == DEALER)
+    assert brand_net == brand_share
+    assert dealer_net == o.payable_fen - brand_share
+
+
+@settings(deadline=None)
+@given(lines_st, st.data())
+def test_a_brand_funded_coupon_never_changes_the_dealer_profit(lines, data):
+    cost = sum(q * p for q, p in lines)
+    discount = data.draw(st.integers(0, cost))
+    # Without the coupon the consumer pays `discount` more; the margin over cost is the same.
+    margin = data.draw(st.integers(0, 5_000_000))
+    without = order(cost + margin, lines)
+    with_coupon = order(cost + margin - discount, lines, brand_discount=discount)
+    if with_coupon.payable_fen <= 0:
+        return
+    a, b = domain.settle(without), domain.settle(with_coupon)
+    assert not a.split.receivables and not b.split.receivables
+    assert leg(a, SplitRole.PROFIT_TO_DEALER) == leg(b, SplitRole.PROFIT_TO_DEALER) == margin
+    assert leg(b, SplitRole.COST_TO_BRAND) == leg(a, SplitRole.COST_TO_BRAND) - discount
