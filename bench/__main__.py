@@ -20,14 +20,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per scenario")
     parser.add_argument("--buyers", type=int, default=48, help="concurrent buyers")
+    parser.add_argument("--skus", type=int, default=200, help="SKUs in the range the buyers pick from")
+    parser.add_argument("--no-fsync", action="store_true", help="run Postgres without durability (diagnosis only)")
     args = parser.parse_args()
     home = pathlib.Path(tempfile.mkdtemp(prefix="omo-bench-"))
-    stack = Stack(StackOptions.isolated(home, extra_env={"OMO_LOG_LEVEL": "warning"}))
+    stack = Stack(StackOptions.isolated(home, durable=not args.no_fsync,
+                                                extra_env={"OMO_LOG_LEVEL": "warning"}))
     results: dict = {}
     try:
         stack.start()
         stubs = Stubs.connect(stack.address)
-        world = seed(stubs, prefix="bench", stock=10_000_000)
+        world = seed(stubs, prefix="bench", stock=10_000_000, range_size=args.skus - 4)
         stubs.close()
         results.update(asyncio.run(orders_flow.run(stack.address("orders"), stack.nats_url, world,
                                                    duration_s=args.duration, buyers=args.buyers)))

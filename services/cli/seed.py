@@ -36,7 +36,9 @@ class DemoWorld:
     warehouse: wh.Warehouse | None = None
 
 
-def seed(stubs: Stubs, prefix: str = "demo", stock: int = STOCK_PER_SKU) -> DemoWorld:
+def seed(stubs: Stubs, prefix: str = "demo", stock: int = STOCK_PER_SKU, range_size: int = 0) -> DemoWorld:
+    """`range_size` adds that many more SKUs (a live event sells a broad range; the benchmark uses it so
+    stock rows are not an artificial single point of contention)."""
     k = lambda *parts: ":".join((prefix, *parts))
     brand = stubs.catalog.CreateBrand(cat.CreateBrandRequest(idempotency_key=k("brand"), name="Lenovo")).brand
     world = DemoWorld(brand=brand)
@@ -52,7 +54,9 @@ def seed(stubs: Stubs, prefix: str = "demo", stock: int = STOCK_PER_SKU) -> Demo
     world.warehouse = stubs.warehouse.CreateWarehouse(wh.CreateWarehouseRequest(
         idempotency_key=k("warehouse"), code=f"{prefix.upper()}-CW-KS", name="Kunshan cloud warehouse",
         kind=wh.WAREHOUSE_KIND_CLOUD, region="East", latitude=31.3850, longitude=120.9800)).warehouse
-    for code, name, retail, supply in SKUS:
+    extra = [(f"RANGE-{i:04d}", f"Lenovo accessory {i:04d}", 19_900 + 100 * i, 12_900 + 70 * i)
+             for i in range(range_size)]
+    for code, name, retail, supply in SKUS + extra:
         sku = stubs.catalog.CreateSku(cat.CreateSkuRequest(
             idempotency_key=k("sku", code), brand_id=brand.brand_id, code=code, name=name,
             retail_price_fen=retail, supply_price_fen=supply)).sku
