@@ -12,7 +12,7 @@ from services.cli.seed import seed
 from services.cli.stack import Stack, StackOptions
 from services.cli.stubs import Stubs
 
-from . import orders_flow
+from . import hot_sku, orders_flow
 from .stats import write
 
 
@@ -21,6 +21,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per scenario")
     parser.add_argument("--buyers", type=int, default=48, help="concurrent buyers")
     parser.add_argument("--skus", type=int, default=200, help="SKUs in the range the buyers pick from")
+    parser.add_argument("--hot-callers", type=int, default=64, help="concurrent callers on the flash-sale SKU")
+    parser.add_argument("--only", choices=("orders", "hot-sku"), help="run one scenario (default: all)")
     parser.add_argument("--no-fsync", action="store_true", help="run Postgres without durability (diagnosis only)")
     args = parser.parse_args()
     home = pathlib.Path(tempfile.mkdtemp(prefix="omo-bench-"))
@@ -31,15 +33,22 @@ def main() -> None:
         stack.start()
         stubs = Stubs.connect(stack.address)
         world = seed(stubs, prefix="bench", stock=10_000_000, range_size=args.skus - 4)
+        hot = world.skus[0]
         stubs.close()
-        results.update(asyncio.run(orders_flow.run(stack.address("orders"), stack.nats_url, world,
-                                                   duration_s=args.duration, buyers=args.buyers)))
+        if args.only in (None, "orders"):
+            results.update(asyncio.run(orders_flow.run(stack.address("orders"), stack.nats_url, world,
+                                                       duration_s=args.duration, buyers=args.buyers)))
+        if args.only in (None, "hot-sku"):
+            results.update(asyncio.run(hot_sku.run(stack.address("warehouse"), hot.sku_id,
+                                                   duration_s=args.duration, callers=args.hot_callers)))
     finally:
         stack.stop()
     summary = (f"{results.get('orders_per_s')} orders/s fully settled (placed→paid→dispatched→split), "
                f"PlaceOrder p50/p95/p99 {results.get('place_p50_ms')}/{results.get('place_p95_ms')}/"
                f"{results.get('place_p99_ms')} ms, event lag p99 {results.get('event_lag_p99_ms')} ms, "
-               f"{results.get('buyers')} buyers on {__import__('os').cpu_count()} cores")
+               f"{results.get('buyers')} buyers on {__import__('os').cpu_count()} cores; flash sale "
+               f"{results.get('hot_sku_reservations_per_s')} reservations/s on one SKU "
+               f"({results.get('hot_sku_callers')} callers)")
     path = write(results, summary)
     print(summary)
     print(f"results: {path}")

@@ -79,7 +79,11 @@ async def serve(name: str, wire: Wire) -> None:
 
     server = grpc.aio.server(
         interceptors=server_interceptors(),
-        options=[("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 1000)],
+        # A flash sale sends thousands of calls at once: the core would cancel calls queued past its default
+        # pending limit (3,000) before the handlers ever see them; let them wait for a handler instead.
+        options=[("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 1000),
+                 ("grpc.server.max_pending_requests", 10_000),
+                 ("grpc.server.max_pending_requests_hard_limit", 20_000)],
         maximum_concurrent_rpcs=5000,
     )
     health_servicer = health.aio.HealthServicer()

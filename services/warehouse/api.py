@@ -14,10 +14,13 @@ from services.runtime import outbox, reqctx
 from services.runtime.errors import AlreadyExists, NotFound, PermissionDenied, Unavailable
 from services.runtime.idempotency import request_hash, run_idempotent
 from services.runtime.ids import new_id
+from services.runtime.timestamps import now
 
 from . import domain
+from .batching import ReserveBatcher
 from .messages import (
     KINDS,
+    MODES,
     RESERVATION_RELEASED,
     level_pb,
     movement_pb,
@@ -26,7 +29,7 @@ from .messages import (
     shipment_pb,
     warehouse_pb,
 )
-from .store import ReserveResult, WarehouseStore, is_unique_violation, retry_conflicts
+from .store import ReserveCall, ReserveResult, WarehouseStore, is_unique_violation, retry_conflicts
 
 # A ReserveStock call looks again only when it lost the last units of its chosen warehouse to a concurrent
 # call, i.e. when somebody else made progress; this bounds a pathological streak of such losses.
@@ -42,19 +45,27 @@ def _require_brand_operator() -> None:
 
 
 class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
-    def __init__(self, engine: AsyncEngine, store: WarehouseStore, catalog: catalog_pb2_grpc.CatalogServiceStub):
+    def __init__(self, engine: AsyncEngine, store: WarehouseStore, catalog: catalog_pb2_grpc.CatalogServiceStub,
+                 default_hold_s: float = domain.DEFAULT_HOLD_S):
         self.engine = engine
         # ReserveStock is a single statement; without BEGIN/COMMIT around it no row lock outlives it.
         self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.store = store
         self.catalog = catalog
+        self.default_hold_s = default_hold_s
+        self.batcher = ReserveBatcher(self.autocommit, store)
 
     async def CreateWarehouse(self, request: pb.CreateWarehouseRequest, context) -> pb.CreateWarehouseResponse:
         _require_brand_operator()
 
+        warehouse = domain.location(new_id("whs"), request.code, request.name, KINDS[request.kind],
+                                    request.region, request.latitude, request.longitude,
+                                    [MODES[m] for m in request.modes], request.store_id, request.express_radius_km)
+        if warehouse.store_id:
+            # Store stock belongs to a store the catalog knows (NOT_FOUND otherwise).
+            await self.catalog.GetStore(catalog_pb2.GetStoreRequest(store_id=warehouse.store_id))
+
         async def effect(conn: AsyncConnection) -> pb.CreateWarehouseResponse:
-            warehouse = domain.Warehouse(new_id("whs"), request.code, request.name, KINDS[request.kind],
-                                         request.region, request.latitude, request.longitude)
             if not await self.store.add_warehouse(conn, warehouse):
                 raise AlreadyExists(f"a warehouse with code {request.code!r} exists",
                                     reason="WAREHOUSE_CODE_TAKEN", metadata={"code": request.code})
@@ -72,12 +83,36 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
             if await self.store.warehouse(conn, request.warehouse_id) is None:
                 raise NotFound("warehouse", request.warehouse_id)
             receipt_id = new_id("rcp")
-            level = await self.store.receive(conn, request.warehouse_id, request.sku_id, request.quantity,
-                                             receipt_id)
+            level = await self.store.book(conn, request.warehouse_id, request.sku_id, request.quantity,
+                                          domain.MovementReason.RECEIPT, receipt_id)
             return pb.ReceiveStockResponse(stock=level_pb(level), receipt_id=receipt_id)
 
         return await retry_conflicts(lambda: run_idempotent(
             self.engine, "ReceiveStock", request.idempotency_key, request, pb.ReceiveStockResponse, effect))
+
+    async def AdjustStock(self, request: pb.AdjustStockRequest, context) -> pb.AdjustStockResponse:
+        _require_brand_operator()
+        await self.catalog.GetSku(catalog_pb2.GetSkuRequest(sku_id=request.sku_id))
+
+        async def effect(conn: AsyncConnection) -> pb.AdjustStockResponse:
+            if await self.store.warehouse(conn, request.warehouse_id) is None:
+                raise NotFound("warehouse", request.warehouse_id)
+            current = await self.store.level(conn, request.warehouse_id, request.sku_id, lock=True)
+            domain.check_adjustment(current, request.sku_id, request.delta)
+            adjustment_id = new_id("adj")
+            level = await self.store.book(conn, request.warehouse_id, request.sku_id, request.delta,
+                                          domain.MovementReason.ADJUSTMENT, adjustment_id)
+            return pb.AdjustStockResponse(stock=level_pb(level), adjustment_id=adjustment_id)
+
+        return await retry_conflicts(lambda: run_idempotent(
+            self.engine, "AdjustStock", request.idempotency_key, request, pb.AdjustStockResponse, effect))
+
+    async def GetWarehouse(self, request: pb.GetWarehouseRequest, context) -> pb.GetWarehouseResponse:
+        async with self.autocommit.connect() as conn:
+            warehouse = await self.store.warehouse(conn, request.warehouse_id)
+        if warehouse is None:
+            raise NotFound("warehouse", request.warehouse_id)
+        return pb.GetWarehouseResponse(warehouse=warehouse_pb(warehouse))
 
     async def GetStock(self, request: pb.GetStockRequest, context) -> pb.GetStockResponse:
         async with self.engine.connect() as conn:
@@ -87,16 +122,21 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
     async def ReserveStock(self, request: pb.ReserveStockRequest, context) -> pb.ReserveStockResponse:
         lines = domain.merge_lines((line.sku_id, line.quantity) for line in request.lines)
         digest = request_hash(request)
-        reservation_id = new_id("rsv")
+        hold_s = request.hold_for.ToTimedelta().total_seconds() if request.HasField("hold_for") \
+            else self.default_hold_s
+        call = ReserveCall(new_id("rsv"), request.order_id, request.idempotency_key, digest, lines, hold_s)
+        reservation_id = call.reservation_id
         for _ in range(_RESERVE_LOOKS):
             try:
-                result = await retry_conflicts(lambda: self._reserve_once(reservation_id, request, digest, lines))
+                result = await self._reserve_once(call)
             except DBAPIError as err:
                 # A concurrent call with this key or for this order committed first (the unique constraints
                 # decided): look again, and the next look sees the winner's reservation.
                 if is_unique_violation(err):
                     continue
                 raise
+            if result.conflict:
+                continue
             if result.prior:
                 async with self.engine.connect() as conn:
                     prior = await self.store.prior_reservations(conn, request.idempotency_key, request.order_id)
@@ -105,7 +145,8 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
                 return pb.ReserveStockResponse(reservation=reservation_pb(reservation))
             if result.warehouse_id is not None and result.created_at is not None:
                 reservation = domain.Reservation(reservation_id, request.order_id, result.warehouse_id,
-                                                 domain.ReservationStatus.RESERVED, lines, result.created_at)
+                                                 domain.ReservationStatus.RESERVED, lines, result.created_at,
+                                                 expires_at=result.expires_at)
                 return pb.ReserveStockResponse(reservation=reservation_pb(reservation))
             if domain.choose_warehouse(result.available, lines) is None:
                 raise domain.shortage(result.available, lines)
@@ -114,11 +155,13 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
         raise Unavailable("stock of this order is heavily contended, retry with the same idempotency key",
                           reason="CONTENDED")
 
-    async def _reserve_once(self, reservation_id: str, request: pb.ReserveStockRequest, digest: bytes,
-                            lines: tuple[domain.Line, ...]) -> ReserveResult:
-        async with self.autocommit.connect() as conn:
-            return await self.store.reserve(conn, reservation_id, request.order_id, request.idempotency_key,
-                                            digest, lines)
+    async def _reserve_once(self, call: ReserveCall) -> ReserveResult:
+        if len(call.lines) == 1:
+            return await self.batcher.reserve(call)
+        async def attempt() -> ReserveResult:
+            async with self.autocommit.connect() as conn:
+                return await self.store.reserve(conn, call)
+        return await retry_conflicts(attempt)
 
     async def GetReservation(self, request: pb.GetReservationRequest, context) -> pb.GetReservationResponse:
         async with self.engine.connect() as conn:
@@ -134,7 +177,7 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
             if reservation is None:
                 raise NotFound("reservation", request.reservation_id)
             domain.check_transition(reservation, domain.ReservationStatus.RELEASED)
-            await outbox.add(conn, RESERVATION_RELEASED, reservation_released(reservation, request.reason))
+            await outbox.add(conn, RESERVATION_RELEASED, reservation_released(reservation, request.reason, now()))
             # Last: the stock rows stay locked only until the commit right after.
             await self.store.release(conn, reservation, request.reason)
             released = replace(reservation, status=domain.ReservationStatus.RELEASED)

@@ -1,5 +1,5 @@
-"""Warehouse rules, free of I/O: which warehouse serves an order, which SKU is short, how a reservation
-may change state, what a paid order does to it."""
+"""Warehouse rules, free of I/O: what a location offers, which warehouse serves an order, which SKU is short,
+how a reservation may change state, what a paid order does to it."""
 
 from __future__ import annotations
 
@@ -11,6 +11,29 @@ from datetime import datetime
 from services.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 
 DEFAULT_PAGE_SIZE = 100
+# How long an unpaid order's hold lasts unless the caller says otherwise (OMO_RESERVATION_TTL_S).
+DEFAULT_HOLD_S = 15 * 60
+# A forward warehouse's 3-hour express reach unless given.
+DEFAULT_EXPRESS_RADIUS_KM = 30
+
+
+class Kind(enum.StrEnum):
+    CLOUD = "CLOUD"
+    FORWARD = "FORWARD"
+    STORE = "STORE"
+
+
+class Mode(enum.StrEnum):
+    CLOUD_SHIPPING = "CLOUD_SHIPPING"
+    STORE_PICKUP = "STORE_PICKUP"
+    EXPRESS_3H = "EXPRESS_3H"
+
+
+_USUAL_MODES = {
+    Kind.CLOUD: (Mode.CLOUD_SHIPPING,),
+    Kind.FORWARD: (Mode.CLOUD_SHIPPING, Mode.EXPRESS_3H),
+    Kind.STORE: (Mode.STORE_PICKUP,),
+}
 
 
 class ReservationStatus(enum.StrEnum):
@@ -52,6 +75,43 @@ class Warehouse:
     region: str
     latitude: float
     longitude: float
+    modes: tuple[str, ...] = (Mode.CLOUD_SHIPPING,)
+    store_id: str = ""
+    express_radius_km: int = 0
+
+
+def location(warehouse_id: str, code: str, name: str, kind: Kind, region: str, latitude: float,
+             longitude: float, modes: Iterable[Mode], store_id: str, express_radius_km: int) -> Warehouse:
+    """A new stock location, its modes defaulted from its kind and checked against it: pickup happens at a
+    store's own stock, express needs a reach, and store stock belongs to exactly one store."""
+    chosen = tuple(sorted(set(modes))) or _USUAL_MODES[kind]
+    if kind == Kind.STORE and not store_id:
+        raise InvalidArgument.field("store_id", "is required for a store's stock")
+    if kind != Kind.STORE and store_id:
+        raise InvalidArgument.field("store_id", f"must be empty for a {kind} location")
+    if Mode.STORE_PICKUP in chosen and kind != Kind.STORE:
+        raise InvalidArgument.field("modes", "STORE_PICKUP is offered only by a store's own stock")
+    radius = express_radius_km
+    if Mode.EXPRESS_3H in chosen and radius == 0:
+        if kind != Kind.FORWARD:
+            raise InvalidArgument.field("express_radius_km", "is required when the location offers EXPRESS_3H")
+        radius = DEFAULT_EXPRESS_RADIUS_KM
+    if Mode.EXPRESS_3H not in chosen and radius:
+        raise InvalidArgument.field("express_radius_km", "is only meaningful with EXPRESS_3H")
+    return Warehouse(warehouse_id, code, name, kind, region, latitude, longitude,
+                     tuple(str(m) for m in chosen), store_id, radius)
+
+
+def check_adjustment(level: StockLevel | None, sku_id: str, delta: int) -> None:
+    """A count correction may not take away units that are held for orders (on hand >= reserved always)."""
+    on_hand = level.on_hand if level else 0
+    reserved = level.reserved if level else 0
+    if on_hand + delta < reserved:
+        raise FailedPrecondition(
+            f"adjusting sku {sku_id!r} by {delta} would leave {on_hand + delta} on hand for {reserved} reserved",
+            reason="STOCK_RESERVED",
+            metadata={"sku_id": sku_id, "on_hand": str(on_hand), "reserved": str(reserved)},
+        )
 
 
 @dataclass(frozen=True)
@@ -77,6 +137,7 @@ class Reservation:
     # The ReserveStock call that created it: the reservation is that call's idempotency record.
     idempotency_key: str = ""
     request_hash: bytes = b""
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)

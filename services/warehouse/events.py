@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 
 from omo.orders.v1 import events_pb2 as orders_events
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.runtime import outbox
+from services.runtime import log, outbox
 from services.runtime.consumer import Delivery
 from services.runtime.errors import FailedPrecondition
 from services.runtime.ids import derived_id
 from services.runtime.timestamps import now
 
 from . import domain
-from .messages import SHIPMENT_DISPATCHED, shipment_dispatched
+from .messages import RESERVATION_RELEASED, SHIPMENT_DISPATCHED, reservation_released, shipment_dispatched
 from .store import WarehouseStore
+
+_log = log.get(__name__)
 
 
 class OrderPaidHandler:
@@ -74,3 +77,84 @@ class OrderPaidHandler:
         # Derived id: a retried delivery computes the same shipment, and the unique keys catch a second one.
         return domain.Shipment(derived_id("shp", reservation.order_id, warehouse_id), reservation.order_id,
                                warehouse_id, reservation.reservation_id, reservation.lines, dispatched_at)
+
+
+class OrderCancelledHandler:
+    """A cancelled (never paid) order gives its hold back. An order whose hold already went (expired or
+    released) or that never got one has nothing to give back; a shipped one cannot have been cancelled, since
+    orders refuses to cancel a paid order, so that is a broken invariant worth a dead letter."""
+
+    def __init__(self, store: WarehouseStore):
+        self.store = store
+
+    async def __call__(self, conn: AsyncConnection, event: orders_events.OrderCancelled, delivery: Delivery) -> None:
+        found = await self.store.reservation_for_order(conn, event.order_id)
+        if found is None:
+            return
+        reservation, _ = found
+        if reservation.status == domain.ReservationStatus.RELEASED:
+            return
+        domain.check_transition(reservation, domain.ReservationStatus.RELEASED)
+        reason = f"order cancelled: {event.reason}"[:200]
+        await outbox.add(conn, RESERVATION_RELEASED, reservation_released(reservation, reason, now()))
+        await self.store.release(conn, reservation, reason)
+
+
+class OrderRefundedHandler:
+    """Goods a consumer sent back go into the stock they shipped from, as return movements referencing the
+    refund. Only refunds with goods_returned move stock; a money-only refund leaves it alone."""
+
+    def __init__(self, store: WarehouseStore):
+        self.store = store
+
+    async def __call__(self, conn: AsyncConnection, event: orders_events.OrderRefunded, delivery: Delivery) -> None:
+        refund = event.refund
+        if not refund.goods_returned:
+            return
+        shipped_from = {line.sku_id: s.warehouse_id
+                        for s in await self.store.shipments_locked(conn, refund.order_id) for line in s.lines}
+        returns = domain.merge_lines((line.sku_id, line.quantity) for line in refund.lines)
+        for line in returns:  # sku_id order: the order stock rows are locked in everywhere
+            warehouse_id = shipped_from.get(line.sku_id)
+            if warehouse_id is None:
+                raise FailedPrecondition(
+                    f"refund {refund.provider_refund_id!r} returns sku {line.sku_id!r}, which order "
+                    f"{refund.order_id!r} has no shipment of", reason="RETURN_NOT_SHIPPED",
+                    metadata={"order_id": refund.order_id, "sku_id": line.sku_id})
+            await self.store.book(conn, warehouse_id, line.sku_id, line.quantity, domain.MovementReason.RETURN,
+                                  refund.provider_refund_id)
+
+
+class ExpirySweeper:
+    """Releases holds whose order stayed unpaid past expires_at and publishes ReservationReleased (reason
+    "expired"). One reservation per transaction: its rows are locked reservation first, then stock in sku_id
+    order, like every other path, and SKIP LOCKED lets replicas sweep side by side."""
+
+    def __init__(self, engine: AsyncEngine, store: WarehouseStore, interval_s: float, per_pass: int = 200):
+        self.engine = engine
+        self.store = store
+        self.interval_s = interval_s
+        self.per_pass = per_pass
+
+    async def run(self) -> None:
+        while True:
+            try:
+                released = await self.sweep()
+            except Exception as exc:  # the database may be away for a moment: try again next tick
+                _log.warning("reservation sweep failed", error=repr(exc))
+                released = 0
+            if released < self.per_pass:
+                await asyncio.sleep(self.interval_s)
+
+    async def sweep(self) -> int:
+        released = 0
+        while released < self.per_pass:
+            async with self.engine.begin() as conn:
+                expired = await self.store.expired_reservations(conn, 1)
+                if not expired:
+                    return released
+                reservation = expired[0]
+                await outbox.add(conn, RESERVATION_RELEASED, reservation_released(reservation, "expired", now()))
+                await self.store.release(conn, reservation, "expired")
+            released += 1
+        return released

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from omo.warehouse.v1 import events_pb2 as ev
 from omo.warehouse.v1 import warehouse_pb2 as pb
 
@@ -25,13 +27,20 @@ _REASON = {
     domain.MovementReason.ADJUSTMENT: pb.MOVEMENT_REASON_ADJUSTMENT,
     domain.MovementReason.RETURN: pb.MOVEMENT_REASON_RETURN,
 }
-KINDS = {pb.WAREHOUSE_KIND_CLOUD: "CLOUD"}
-_KIND_PB = {name: value for value, name in KINDS.items()}
+KINDS = {pb.WAREHOUSE_KIND_CLOUD: domain.Kind.CLOUD, pb.WAREHOUSE_KIND_FORWARD: domain.Kind.FORWARD,
+         pb.WAREHOUSE_KIND_STORE: domain.Kind.STORE}
+_KIND_PB = {str(name): value for value, name in KINDS.items()}
+MODES = {pb.FULFILMENT_MODE_CLOUD_SHIPPING: domain.Mode.CLOUD_SHIPPING,
+         pb.FULFILMENT_MODE_STORE_PICKUP: domain.Mode.STORE_PICKUP,
+         pb.FULFILMENT_MODE_EXPRESS_3H: domain.Mode.EXPRESS_3H}
+_MODE_PB = {str(name): value for value, name in MODES.items()}
 
 
 def warehouse_pb(w: domain.Warehouse) -> pb.Warehouse:
-    return pb.Warehouse(warehouse_id=w.warehouse_id, code=w.code, name=w.name, kind=_KIND_PB[w.kind],
-                        region=w.region, latitude=w.latitude, longitude=w.longitude)
+    return pb.Warehouse(warehouse_id=w.warehouse_id, code=w.code, name=w.name, kind=_KIND_PB[str(w.kind)],
+                        region=w.region, latitude=w.latitude, longitude=w.longitude,
+                        modes=[_MODE_PB[m] for m in w.modes], store_id=w.store_id,
+                        express_radius_km=w.express_radius_km)
 
 
 def level_pb(s: domain.StockLevel) -> pb.StockLevel:
@@ -45,7 +54,8 @@ def lines_pb(lines: tuple[domain.Line, ...]) -> list[pb.StockLine]:
 
 def reservation_pb(r: domain.Reservation) -> pb.Reservation:
     return pb.Reservation(reservation_id=r.reservation_id, order_id=r.order_id, warehouse_id=r.warehouse_id,
-                          status=_STATUS[r.status], lines=lines_pb(r.lines), created_at=to_proto(r.created_at))
+                          status=_STATUS[r.status], lines=lines_pb(r.lines), created_at=to_proto(r.created_at),
+                          expires_at=to_proto(r.expires_at))
 
 
 def shipment_pb(s: domain.Shipment) -> pb.Shipment:
@@ -65,5 +75,6 @@ def shipment_dispatched(s: domain.Shipment) -> ev.ShipmentDispatched:
                                  lines=lines_pb(s.lines), dispatched_at=to_proto(s.dispatched_at))
 
 
-def reservation_released(r: domain.Reservation, reason: str) -> ev.ReservationReleased:
-    return ev.ReservationReleased(reservation_id=r.reservation_id, order_id=r.order_id, reason=reason)
+def reservation_released(r: domain.Reservation, reason: str, at: datetime) -> ev.ReservationReleased:
+    return ev.ReservationReleased(reservation_id=r.reservation_id, order_id=r.order_id, reason=reason,
+                                  warehouse_id=r.warehouse_id, lines=lines_pb(r.lines), released_at=to_proto(at))

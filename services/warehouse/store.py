@@ -33,10 +33,11 @@ from .domain import (
 
 T = TypeVar("T")
 
-_WAREHOUSE_COLS = "warehouse_id, code, name, kind, region, latitude, longitude"
+_WAREHOUSE_COLS = "warehouse_id, code, name, kind, region, latitude, longitude, modes, store_id, express_radius_km"
 # A reservation `r` with its lines as two parallel arrays in sku_id order.
 _RESERVATION_COLS = """
     r.reservation_id, r.order_id, r.warehouse_id, r.status, r.created_at, r.idempotency_key, r.request_hash,
+    r.expires_at,
     ARRAY(SELECT l.sku_id FROM reservation_lines l WHERE l.reservation_id = r.reservation_id
           ORDER BY l.sku_id) AS skus,
     ARRAY(SELECT l.quantity FROM reservation_lines l WHERE l.reservation_id = r.reservation_id
@@ -47,65 +48,19 @@ _RESERVATION_COLS = """
 # order whatever plan the UPDATE gets.
 _LINES = "lines AS (SELECT * FROM unnest(CAST(:skus AS text[]), CAST(:qtys AS bigint[])) AS l(sku_id, quantity))"
 
-# ReserveStock in one statement, run outside an explicit transaction: the hot stock row is locked only for
-# the few microseconds the statement runs, which is what lets a flash sale on one SKU go fast.
+# ReserveStock in one statement, run outside an explicit transaction: the hot stock row is locked only until
+# the statement commits. The logic lives in the database function reserve_one (migration 0002):
 #   prior:    a reservation that already has this key or this order -> do nothing, the caller decides.
 #   level:    availability of the lines' SKUs in every cloud warehouse, as of the statement's snapshot.
 #   target:   the first warehouse (by id) covering every line in that snapshot.
 #   locked:   lock those stock rows in sku_id order, re-checking availability on the newest row versions.
 #   held:     the conditional UPDATE, only if every line is still covered: all lines or none.
-_RESERVE = text(f"""
-    WITH {_LINES},
-    prior AS (
-        SELECT 1 FROM reservations WHERE idempotency_key = :key OR order_id = :order_id
-    ),
-    level AS MATERIALIZED (
-        SELECT s.warehouse_id, s.sku_id, s.on_hand - s.reserved AS available, l.quantity
-        FROM stock s JOIN lines l ON l.sku_id = s.sku_id JOIN warehouses h ON h.warehouse_id = s.warehouse_id
-        WHERE h.kind = 'CLOUD'
-    ),
-    target AS (
-        SELECT warehouse_id FROM level
-        WHERE available >= quantity AND NOT EXISTS (SELECT 1 FROM prior)
-        GROUP BY warehouse_id HAVING count(*) = :n
-        ORDER BY warehouse_id LIMIT 1
-    ),
-    locked AS MATERIALIZED (
-        SELECT s.warehouse_id, s.sku_id, l.quantity
-        FROM stock s JOIN target t ON t.warehouse_id = s.warehouse_id JOIN lines l ON l.sku_id = s.sku_id
-        WHERE s.on_hand - s.reserved >= l.quantity
-        ORDER BY s.sku_id
-        FOR UPDATE OF s
-    ),
-    held AS (
-        UPDATE stock s SET reserved = s.reserved + k.quantity, updated_at = now()
-        FROM locked k
-        WHERE (SELECT count(*) FROM locked) = :n
-          AND s.warehouse_id = k.warehouse_id AND s.sku_id = k.sku_id
-          AND s.on_hand - s.reserved >= k.quantity
-        RETURNING s.warehouse_id, s.sku_id, k.quantity
-    ),
-    reservation AS (
-        INSERT INTO reservations (reservation_id, order_id, warehouse_id, status, idempotency_key, request_hash)
-        SELECT :rid, :order_id, t.warehouse_id, 'RESERVED', :key, CAST(:hash AS bytea) FROM target t
-        WHERE EXISTS (SELECT 1 FROM held)
-        RETURNING warehouse_id, created_at
-    ),
-    held_lines AS (
-        INSERT INTO reservation_lines (reservation_id, sku_id, quantity)
-        SELECT :rid, sku_id, quantity FROM held
-    ),
-    moved AS (
-        INSERT INTO movements (warehouse_id, sku_id, on_hand_delta, reserved_delta, reason, reference_id)
-        SELECT warehouse_id, sku_id, 0, quantity, 'reservation', :rid FROM held ORDER BY sku_id
-    )
-    SELECT EXISTS (SELECT 1 FROM prior) AS prior,
-           (SELECT warehouse_id FROM reservation) AS warehouse_id,
-           (SELECT created_at FROM reservation) AS created_at,
-           ARRAY(SELECT warehouse_id FROM level ORDER BY warehouse_id, sku_id) AS level_warehouses,
-           ARRAY(SELECT sku_id FROM level ORDER BY warehouse_id, sku_id) AS level_skus,
-           ARRAY(SELECT available FROM level ORDER BY warehouse_id, sku_id) AS level_available
-""")
+# reserve_batch runs many single-line reservations through the same function in one transaction.
+_RESERVE = text("SELECT *, false AS conflict FROM reserve_one(:rid, :order_id, :key, CAST(:hash AS bytea), "
+                "CAST(:skus AS text[]), CAST(:qtys AS bigint[]), CAST(:hold_s AS double precision))")
+_RESERVE_BATCH = text("SELECT * FROM reserve_batch(CAST(:rids AS text[]), CAST(:order_ids AS text[]), "
+                      "CAST(:keys AS text[]), CAST(:hashes AS bytea[]), CAST(:skus AS text[]), "
+                      "CAST(:qtys AS bigint[]), CAST(:holds AS double precision[])) ORDER BY ord")
 
 # RESERVED -> RELEASED: the held units go back to available stock.
 _RELEASE = text(f"""
@@ -198,16 +153,19 @@ _RETAKE_AND_SHIP = text(f"""
     {_SHIPMENT_ROWS}
 """)
 
-_RECEIVE = text("""
+# Goods booked in or out of on hand (receipt, adjustment, return): the level and its movement together. The
+# inserted row is never negative (the CHECK tests it before ON CONFLICT); only an existing row goes down,
+# and the stock CHECK refuses going below reserved even if two calls raced past the domain check.
+_BOOK = text("""
     WITH level AS (
-        INSERT INTO stock (warehouse_id, sku_id, on_hand) VALUES (:w, :s, CAST(:q AS bigint))
+        INSERT INTO stock (warehouse_id, sku_id, on_hand) VALUES (:w, :s, GREATEST(CAST(:q AS bigint), 0))
         ON CONFLICT (warehouse_id, sku_id)
-        DO UPDATE SET on_hand = stock.on_hand + EXCLUDED.on_hand, updated_at = now()
+        DO UPDATE SET on_hand = stock.on_hand + CAST(:q AS bigint), updated_at = now()
         RETURNING warehouse_id, sku_id, on_hand, reserved
     ),
     moved AS (
         INSERT INTO movements (warehouse_id, sku_id, on_hand_delta, reserved_delta, reason, reference_id)
-        SELECT warehouse_id, sku_id, CAST(:q AS bigint), 0, 'receipt', :ref FROM level
+        SELECT warehouse_id, sku_id, CAST(:q AS bigint), 0, :reason, :ref FROM level
     )
     SELECT warehouse_id, sku_id, on_hand, reserved FROM level
 """)
@@ -251,6 +209,28 @@ class ReserveResult:
     warehouse_id: str | None
     created_at: datetime | None
     available: Availability
+    expires_at: datetime | None = None
+    # A concurrent call for the same key or order won the unique-key race: look again.
+    conflict: bool = False
+
+
+@dataclass(frozen=True)
+class ReserveCall:
+    """One ReserveStock call as the database function takes it."""
+
+    reservation_id: str
+    order_id: str
+    key: str
+    request_hash: bytes
+    lines: tuple[Line, ...]
+    hold_s: float
+
+
+def _result(row) -> ReserveResult:  # type: ignore[no-untyped-def]
+    available: dict[str, dict[str, int]] = {}
+    for w, s, a in zip(row.level_warehouses, row.level_skus, row.level_available, strict=True):
+        available.setdefault(w, {})[s] = a
+    return ReserveResult(row.prior, row.warehouse_id, row.created_at, available, row.expires_at, row.conflict)
 
 
 def _split(lines: tuple[Line, ...]) -> dict[str, list]:
@@ -267,6 +247,7 @@ def _reservation(row) -> Reservation:  # type: ignore[no-untyped-def]
         created_at=row.created_at,
         idempotency_key=row.idempotency_key,
         request_hash=bytes(row.request_hash),
+        expires_at=row.expires_at,
     )
 
 
@@ -276,27 +257,35 @@ class WarehouseStore:
         """False if the code is taken (the unique constraint decides, so concurrent creates are safe)."""
         row = (await conn.execute(
             text(f"INSERT INTO warehouses ({_WAREHOUSE_COLS}) VALUES "
-                 "(:warehouse_id, :code, :name, :kind, :region, :latitude, :longitude) "
-                 "ON CONFLICT (code) DO NOTHING RETURNING 1"),
-            vars(w),
+                 "(:warehouse_id, :code, :name, :kind, :region, :latitude, :longitude, CAST(:modes AS text[]), "
+                 ":store_id, :express_radius_km) ON CONFLICT (code) DO NOTHING RETURNING 1"),
+            {**vars(w), "kind": str(w.kind), "modes": list(w.modes)},
         )).first()
         return row is not None
 
     async def warehouse(self, conn: AsyncConnection, warehouse_id: str) -> Warehouse | None:
         row = (await conn.execute(text(f"SELECT {_WAREHOUSE_COLS} FROM warehouses WHERE warehouse_id = :id"),
                                   {"id": warehouse_id})).first()
-        return Warehouse(*row) if row else None
+        return _warehouse(row) if row else None
 
     async def cloud_warehouse_ids(self, conn: AsyncConnection) -> list[str]:
         rows = await conn.execute(text("SELECT warehouse_id FROM warehouses WHERE kind = 'CLOUD' "
                                        "ORDER BY warehouse_id"))
         return [r.warehouse_id for r in rows]
 
-    async def receive(self, conn: AsyncConnection, warehouse_id: str, sku_id: str, quantity: int,
-                      receipt_id: str) -> StockLevel:
-        row = (await conn.execute(_RECEIVE, {"w": warehouse_id, "s": sku_id, "q": quantity,
-                                             "ref": receipt_id})).one()
+    async def book(self, conn: AsyncConnection, warehouse_id: str, sku_id: str, quantity: int,
+                   reason: MovementReason, reference_id: str) -> StockLevel:
+        """on_hand += quantity (negative for an adjustment down) with its movement."""
+        row = (await conn.execute(_BOOK, {"w": warehouse_id, "s": sku_id, "q": quantity, "reason": str(reason),
+                                          "ref": reference_id})).one()
         return StockLevel(*row)
+
+    async def level(self, conn: AsyncConnection, warehouse_id: str, sku_id: str, *,
+                    lock: bool = False) -> StockLevel | None:
+        row = (await conn.execute(
+            text("SELECT warehouse_id, sku_id, on_hand, reserved FROM stock WHERE warehouse_id = :w AND sku_id = :s"
+                 + (" FOR UPDATE" if lock else "")), {"w": warehouse_id, "s": sku_id})).first()
+        return StockLevel(*row) if row else None
 
     async def levels(self, conn: AsyncConnection, sku_id: str) -> list[StockLevel]:
         rows = await conn.execute(text("SELECT warehouse_id, sku_id, on_hand, reserved FROM stock "
@@ -315,15 +304,30 @@ class WarehouseStore:
                          MovementReason(r.reason), r.reference_id, r.created_at) for r in rows]
 
     # -- reservations -----------------------------------------------------------------------------------
-    async def reserve(self, conn: AsyncConnection, reservation_id: str, order_id: str, key: str,
-                      request_hash: bytes, lines: tuple[Line, ...]) -> ReserveResult:
+    async def reserve(self, conn: AsyncConnection, call: ReserveCall) -> ReserveResult:
         row = (await conn.execute(_RESERVE, {
-            **_split(lines), "rid": reservation_id, "order_id": order_id, "key": key, "hash": request_hash,
+            **_split(call.lines), "rid": call.reservation_id, "order_id": call.order_id, "key": call.key,
+            "hash": call.request_hash, "hold_s": call.hold_s,
         })).one()
-        available: dict[str, dict[str, int]] = {}
-        for w, s, a in zip(row.level_warehouses, row.level_skus, row.level_available, strict=True):
-            available.setdefault(w, {})[s] = a
-        return ReserveResult(row.prior, row.warehouse_id, row.created_at, available)
+        return _result(row)
+
+    async def reserve_batch(self, conn: AsyncConnection, calls: list[ReserveCall]) -> list[ReserveResult]:
+        """Single-line reservations in one transaction (one commit); results in the calls' order."""
+        rows = (await conn.execute(_RESERVE_BATCH, {
+            "rids": [c.reservation_id for c in calls], "order_ids": [c.order_id for c in calls],
+            "keys": [c.key for c in calls], "hashes": [c.request_hash for c in calls],
+            "skus": [c.lines[0].sku_id for c in calls], "qtys": [c.lines[0].quantity for c in calls],
+            "holds": [c.hold_s for c in calls],
+        })).all()
+        return [_result(row) for row in rows]
+
+    async def expired_reservations(self, conn: AsyncConnection, limit: int) -> list[Reservation]:
+        """Holds past their expiry, oldest first, locked; ones another sweeper holds are skipped."""
+        rows = await conn.execute(
+            text(f"SELECT {_RESERVATION_COLS} FROM reservations r WHERE r.status = 'RESERVED' "
+                 "AND r.expires_at <= now() ORDER BY r.expires_at LIMIT :n FOR UPDATE OF r SKIP LOCKED"),
+            {"n": limit})
+        return [_reservation(r) for r in rows]
 
     async def prior_reservations(self, conn: AsyncConnection, key: str, order_id: str) -> list[Reservation]:
         rows = await conn.execute(
@@ -378,6 +382,17 @@ class WarehouseStore:
         return [Shipment(r.shipment_id, r.order_id, r.warehouse_id, r.reservation_id,
                          tuple(Line(s, q) for s, q in zip(r.skus, r.quantities, strict=True)),
                          r.dispatched_at, r.status) for r in rows]
+
+
+    async def shipments_locked(self, conn: AsyncConnection, order_id: str) -> list[Shipment]:
+        await conn.execute(text("SELECT 1 FROM shipments WHERE order_id = :o ORDER BY shipment_id FOR UPDATE"),
+                           {"o": order_id})
+        return await self.shipments(conn, order_id)
+
+
+def _warehouse(row) -> Warehouse:  # type: ignore[no-untyped-def]
+    return Warehouse(row.warehouse_id, row.code, row.name, row.kind, row.region, row.latitude, row.longitude,
+                     tuple(row.modes), row.store_id, row.express_radius_km)
 
 
 def _ship_params(reservation: Reservation, shipment: Shipment) -> dict[str, object]:
