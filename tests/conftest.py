@@ -9,6 +9,8 @@ import pytest
 
 from services.runtime import config
 
+PAYMENT_WINDOW_S = 12
+
 
 def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
     for item in items:
@@ -30,7 +32,11 @@ def stack(tmp_path_factory):  # type: ignore[no-untyped-def]
     from services.cli.stack import Stack, StackOptions
 
     opts = StackOptions.isolated(tmp_path_factory.mktemp("omo"), durable=False,
-                                 extra_env={"OMO_LOG_LEVEL": "info"})
+                                 extra_env={"OMO_LOG_LEVEL": "info",
+                                            # Short enough for the sweeper test to watch an order expire,
+                                            # long enough for every other test to pay in time.
+                                            "OMO_PAYMENT_WINDOW_S": str(PAYMENT_WINDOW_S),
+                                            "OMO_SWEEP_INTERVAL_S": "0.5"})
     st = Stack(opts, services=_available_services())
     st.start()
     yield st

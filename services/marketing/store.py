@@ -98,3 +98,15 @@ class MarketingStore:
             raise
         if result.rowcount != 1:
             raise RuntimeError(f"coupon {coupon.code!r} was not ISSUED under its lock")
+
+    async def give_back(self, conn: AsyncConnection, code: str, order_id: str) -> bool:
+        """REDEEMED by `order_id` -> ISSUED, its redemption removed (the order never paid, so nothing was
+        consumed). Locks the coupon before the redemption, like a redemption does. False if there was
+        nothing to give back."""
+        await conn.execute(text("SELECT 1 FROM coupons WHERE code = :code FOR UPDATE"), {"code": code})
+        freed = (await conn.execute(
+            text("WITH freed AS (DELETE FROM redemptions WHERE code = :code AND order_id = :o RETURNING code) "
+                 "UPDATE coupons c SET status = 'ISSUED', redeemed_order_id = NULL, redeemed_at = NULL "
+                 "FROM freed WHERE c.code = freed.code AND c.redeemed_order_id = :o RETURNING 1"),
+            {"code": code, "o": order_id})).first()
+        return freed is not None

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from omo.orders.v1 import events_pb2, orders_pb2_grpc
 from omo.orders.v1 import orders_pb2 as pb
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.runtime import outbox, reqctx, timestamps
-from services.runtime.errors import NotFound
+from services.runtime import log, outbox, reqctx, timestamps
+from services.runtime.errors import InvalidArgument, NotFound
+from services.runtime.idempotency import request_hash, run_idempotent
 
 from . import domain
 from .placement import Placement
 from .store import OrderStore
 
+_log = log.get(__name__)
 SUBJECT_ORDER_PAID = "orders.order.paid"
+SUBJECT_ORDER_CANCELLED = "orders.order.cancelled"
+SUBJECT_ORDER_REFUNDED = "orders.order.refunded"
 
 
 def order_pb(o: domain.Order) -> pb.Order:
@@ -30,7 +36,8 @@ def order_pb(o: domain.Order) -> pb.Order:
         brand_id=o.brand_id,
         consumer_id=o.consumer_id,
         lines=[pb.OrderLine(sku_id=li.sku_id, name=li.name, quantity=li.quantity, unit_price_fen=li.unit_price_fen,
-                            unit_supply_price_fen=li.unit_supply_price_fen, line_total_fen=li.line_total_fen)
+                            unit_supply_price_fen=li.unit_supply_price_fen, line_total_fen=li.line_total_fen,
+                            refunded_quantity=li.refunded_quantity, refunded_fen=li.refunded_fen)
                for li in o.lines],
         attribution=pb.Attribution(scene=a.scene, dealer_id=a.dealer_id, store_id=a.store_id, guide_id=a.guide_id),
         coupon=coupon,
@@ -43,7 +50,34 @@ def order_pb(o: domain.Order) -> pb.Order:
         paid_at=timestamps.to_proto(o.paid_at),
         dispatched_at=timestamps.to_proto(o.dispatched_at),
         shipment_id=o.shipment_id,
+        cancelled_at=timestamps.to_proto(o.cancelled_at),
+        cancel_reason=o.cancel_reason,
+        refunded_fen=o.refunded_fen,
     )
+
+
+def refund_pb(r: domain.Refund) -> pb.Refund:
+    return pb.Refund(
+        provider_refund_id=r.provider_refund_id, order_id=r.order_id, amount_fen=r.amount_fen,
+        goods_returned=r.goods_returned, refunded_at=timestamps.to_proto(r.refunded_at),
+        lines=[pb.RefundedLine(sku_id=li.sku_id, quantity=li.quantity, gross_fen=li.gross_fen,
+                               discount_fen=li.discount_fen, amount_fen=li.amount_fen, supply_fen=li.supply_fen)
+               for li in r.lines],
+    )
+
+
+def order_cancelled(o: domain.Order) -> events_pb2.OrderCancelled:
+    return events_pb2.OrderCancelled(
+        order_id=o.order_id, reservation_id=o.reservation_id, coupon_code=o.coupon.code if o.coupon else "",
+        consumer_id=o.consumer_id, reason=o.cancel_reason, cancelled_at=timestamps.to_proto(o.cancelled_at))
+
+
+async def cancel_order(conn: AsyncConnection, store: OrderStore, order: domain.Order, reason: str) -> domain.Order:
+    """Cancel a locked order and announce it, in the caller's transaction (the RPC and the sweeper)."""
+    cancelled = domain.cancel(order, reason, timestamps.now())
+    await store.record_cancel(conn, cancelled)
+    await outbox.add(conn, SUBJECT_ORDER_CANCELLED, order_cancelled(cancelled))
+    return cancelled
 
 
 class OrderApi(orders_pb2_grpc.OrderServiceServicer):
@@ -81,3 +115,76 @@ class OrderApi(orders_pb2_grpc.OrderServiceServicer):
         if who is not None:
             domain.check_visible(order, who.kind, who.ident)
         return pb.GetOrderResponse(order=order_pb(order))
+
+    async def CancelOrder(self, request: pb.CancelOrderRequest, context) -> pb.CancelOrderResponse:
+        async def effect(conn: AsyncConnection) -> pb.CancelOrderResponse:
+            order = await self.store.order(conn, request.order_id, lock=True)
+            if order is None:
+                raise NotFound("order", request.order_id)
+            _check_principal(order)
+            cancelled = await cancel_order(conn, self.store, order, request.reason)
+            return pb.CancelOrderResponse(order=order_pb(cancelled))
+
+        return await run_idempotent(self.engine, "CancelOrder", request.idempotency_key, request,
+                                    pb.CancelOrderResponse, effect)
+
+    async def RecordRefund(self, request: pb.RecordRefundRequest, context) -> pb.RecordRefundResponse:
+        digest = request_hash(request)
+        # The order row lock serializes refunds of one order; the refunds key makes a provider refund id
+        # count once.
+        async with self.engine.begin() as conn:
+            order = await self.store.order(conn, request.order_id, lock=True)
+            if order is None:
+                raise NotFound("order", request.order_id)
+            _check_principal(order)
+            prior = await self.store.prior_refund(conn, request.provider_refund_id)
+            if prior is not None:
+                if prior.order_id != request.order_id or prior.request_hash != digest:
+                    raise InvalidArgument.field("provider_refund_id", "was already recorded for another refund")
+                return pb.RecordRefundResponse(order=order_pb(order), refund=pb.Refund.FromString(prior.refund))
+            refund, refunded = domain.refund(order, request.provider_refund_id,
+                                             [(li.sku_id, li.quantity) for li in request.lines],
+                                             request.goods_returned, timestamps.now())
+            published = refund_pb(refund)
+            await self.store.record_refund(conn, order, refunded, refund, digest, published.SerializeToString())
+            snapshot = order_pb(refunded)
+            await outbox.add(conn, SUBJECT_ORDER_REFUNDED, events_pb2.OrderRefunded(
+                order=snapshot, refund=published, payment_txn_id=order.payment_txn_id))
+        return pb.RecordRefundResponse(order=snapshot, refund=published)
+
+
+def _check_principal(order: domain.Order) -> None:
+    who = reqctx.principal()
+    if who is not None:
+        domain.check_visible(order, who.kind, who.ident)
+
+
+class UnpaidOrderSweeper:
+    """Cancels orders still unpaid when their payment window closes, and announces each cancellation (the
+    warehouse releases the hold, marketing gives the coupon back). SKIP LOCKED: replicas sweep side by side,
+    and an order a payment is being recorded for right now is left for the next pass."""
+
+    def __init__(self, engine: AsyncEngine, store: OrderStore, window_s: float, interval_s: float,
+                 per_pass: int = 200):
+        self.engine = engine
+        self.store = store
+        self.window_s = window_s
+        self.interval_s = interval_s
+        self.per_pass = per_pass
+
+    async def run(self) -> None:
+        while True:
+            try:
+                cancelled = await self.sweep()
+            except Exception as exc:  # the database may be away for a moment: try again next tick
+                _log.warning("unpaid order sweep failed", error=repr(exc))
+                cancelled = 0
+            if cancelled < self.per_pass:
+                await asyncio.sleep(self.interval_s)
+
+    async def sweep(self) -> int:
+        async with self.engine.begin() as conn:
+            overdue = await self.store.overdue(conn, self.window_s, self.per_pass)
+            for order in overdue:
+                await cancel_order(conn, self.store, order, "payment window expired")
+        return len(overdue)

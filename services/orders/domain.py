@@ -9,18 +9,32 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from services.runtime.money import allocate
+
+# How long an order may stay unpaid before the sweeper cancels it (OMO_PAYMENT_WINDOW_S).
+DEFAULT_PAYMENT_WINDOW_S = 15 * 60
 
 
 class Status(enum.StrEnum):
     PENDING_PAYMENT = "PENDING_PAYMENT"
     PAID = "PAID"
     DISPATCHED = "DISPATCHED"
+    CANCELLED = "CANCELLED"
+    PARTIALLY_REFUNDED = "PARTIALLY_REFUNDED"
+    REFUNDED = "REFUNDED"
 
 
 # Every legal move of an order. Anything else is refused loudly, never skipped silently.
 ALLOWED_TRANSITIONS: frozenset[tuple[Status, Status]] = frozenset({
     (Status.PENDING_PAYMENT, Status.PAID),
     (Status.PAID, Status.DISPATCHED),
+    # Only an unpaid order is cancelled: a paid one is already on its way out of the warehouse.
+    (Status.PENDING_PAYMENT, Status.CANCELLED),
+    # Refunds are after-sale: the goods have left the warehouse.
+    (Status.DISPATCHED, Status.PARTIALLY_REFUNDED),
+    (Status.DISPATCHED, Status.REFUNDED),
+    (Status.PARTIALLY_REFUNDED, Status.PARTIALLY_REFUNDED),
+    (Status.PARTIALLY_REFUNDED, Status.REFUNDED),
 })
 
 
@@ -59,6 +73,8 @@ class Line:
     unit_price_fen: int
     unit_supply_price_fen: int
     line_total_fen: int
+    refunded_quantity: int = 0
+    refunded_fen: int = 0
 
 
 @dataclass(frozen=True)
@@ -112,6 +128,9 @@ class Order:
     paid_at: datetime | None = None
     shipment_id: str = ""
     dispatched_at: datetime | None = None
+    cancelled_at: datetime | None = None
+    cancel_reason: str = ""
+    refunded_fen: int = 0
 
 
 # -- placing ----------------------------------------------------------------------------------------------
@@ -209,6 +228,99 @@ def dispatch(order: Order, shipment_id: str, at: datetime) -> Order | None:
         return None
     check_transition(order.status, Status.DISPATCHED)
     return replace(order, status=Status.DISPATCHED, shipment_id=shipment_id, dispatched_at=at)
+
+
+# -- cancelling ------------------------------------------------------------------------------------------
+
+def cancel(order: Order, reason: str, at: datetime) -> Order:
+    check_transition(order.status, Status.CANCELLED)
+    return replace(order, status=Status.CANCELLED, cancelled_at=at, cancel_reason=reason)
+
+
+# -- refunding --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RefundedLine:
+    sku_id: str
+    quantity: int
+    gross_fen: int
+    discount_fen: int
+    amount_fen: int
+    supply_fen: int
+
+
+@dataclass(frozen=True)
+class Refund:
+    provider_refund_id: str
+    order_id: str
+    lines: tuple[RefundedLine, ...]
+    goods_returned: bool
+    refunded_at: datetime
+
+    @property
+    def amount_fen(self) -> int:
+        return sum(line.amount_fen for line in self.lines)
+
+
+def line_discounts(order: Order) -> list[int]:
+    """The order's discount split over its lines by line total (largest remainder): exact, deterministic."""
+    if order.discount_fen == 0:
+        return [0] * len(order.lines)
+    return allocate(order.discount_fen, [line.line_total_fen for line in order.lines])
+
+
+def _share(total: int, units: int, of: int) -> int:
+    """The part of `total` that `units` of `of` units carry, rounded up: cumulative shares of a line's
+    discount, so the first refunds never give back less discount than is theirs and the last unit closes
+    the line exactly."""
+    return -(-total * units // of)
+
+
+def refund(order: Order, provider_refund_id: str, requested: Sequence[tuple[str, int]], goods_returned: bool,
+           at: datetime) -> tuple[Refund, Order]:
+    """Refund units by line. Empty `requested` refunds every unit not refunded yet. Amounts are exact: a line's
+    paid amount is its total less its discount share, and its refunds add up to exactly that once every unit
+    is back."""
+    if order.status not in (Status.DISPATCHED, Status.PARTIALLY_REFUNDED):
+        check_transition(order.status, Status.REFUNDED)  # raises: refunds come after dispatch
+    by_sku = {line.sku_id: i for i, line in enumerate(order.lines)}
+    wanted: dict[int, int] = {}
+    if not requested:
+        wanted = {i: line.quantity - line.refunded_quantity for i, line in enumerate(order.lines)
+                  if line.quantity > line.refunded_quantity}
+    for n, (sku_id, quantity) in enumerate(requested):
+        i = by_sku.get(sku_id)
+        if i is None:
+            raise InvalidArgument.field(f"lines[{n}].sku_id", f"order {order.order_id!r} has no line for it")
+        if i in wanted:
+            raise InvalidArgument.field(f"lines[{n}].sku_id", "repeats an earlier line")
+        left = order.lines[i].quantity - order.lines[i].refunded_quantity
+        if quantity > left:
+            raise InvalidArgument.field(f"lines[{n}].quantity", f"is {quantity}, only {left} units are left "
+                                                                "to refund on this line")
+        wanted[i] = quantity
+    if not wanted:
+        raise FailedPrecondition(f"order {order.order_id!r} has nothing left to refund", reason="NOTHING_TO_REFUND",
+                                 metadata={"order_id": order.order_id})
+    discounts = line_discounts(order)
+    new_lines = list(order.lines)
+    refunded: list[RefundedLine] = []
+    for i in sorted(wanted):
+        line, quantity = order.lines[i], wanted[i]
+        before, after = line.refunded_quantity, line.refunded_quantity + quantity
+        discount = _share(discounts[i], after, line.quantity) - _share(discounts[i], before, line.quantity)
+        gross = line.unit_price_fen * quantity
+        part = RefundedLine(line.sku_id, quantity, gross, discount, gross - discount,
+                            line.unit_supply_price_fen * quantity)
+        refunded.append(part)
+        new_lines[i] = replace(line, refunded_quantity=after, refunded_fen=line.refunded_fen + part.amount_fen)
+    done = all(line.refunded_quantity == line.quantity for line in new_lines)
+    target = Status.REFUNDED if done else Status.PARTIALLY_REFUNDED
+    check_transition(order.status, target)
+    result = Refund(provider_refund_id, order.order_id, tuple(refunded), goods_returned, at)
+    updated = replace(order, status=target, lines=tuple(new_lines),
+                      refunded_fen=order.refunded_fen + result.amount_fen)
+    return result, updated
 
 
 # -- reading ----------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 from omo.catalog.v1 import catalog_pb2 as cat
 from omo.catalog.v1 import catalog_pb2_grpc
 from omo.marketing.v1 import marketing_pb2 as mkt
@@ -41,6 +42,7 @@ _REFUSALS = frozenset({
     grpc.StatusCode.PERMISSION_DENIED,
 })
 _FUNDERS = {mkt.FUNDER_BRAND: "BRAND"}
+_HOLD_GRACE_S = 60
 
 
 class Placement:
@@ -51,6 +53,7 @@ class Placement:
         catalog: catalog_pb2_grpc.CatalogServiceStub,
         warehouse: warehouse_pb2_grpc.WarehouseServiceStub,
         marketing: marketing_pb2_grpc.MarketingServiceStub,
+        payment_window_s: float = domain.DEFAULT_PAYMENT_WINDOW_S,
     ):
         self.engine = engine
         # Every database step of a placement is a single statement, atomic by itself: run without BEGIN/COMMIT,
@@ -60,6 +63,9 @@ class Placement:
         self.catalog = catalog
         self.warehouse = warehouse
         self.marketing = marketing
+        # The hold outlasts the payment window by a minute: the order sweeper cancels first and the cancel
+        # releases the hold; the warehouse's own expiry is the backstop if that event were ever lost.
+        self.hold_for = Duration(seconds=int(payment_window_s) + _HOLD_GRACE_S)
 
     async def place(self, request: pb.PlaceOrderRequest) -> domain.Order:
         key = request.idempotency_key
@@ -127,6 +133,7 @@ class Placement:
         reply = await self.warehouse.ReserveStock(wh.ReserveStockRequest(
             idempotency_key=f"{order_id}:reserve", order_id=order_id,
             lines=[wh.StockLine(sku_id=li.sku_id, quantity=li.quantity) for li in lines],
+            hold_for=self.hold_for,
         ))
         return reply.reservation.reservation_id
 

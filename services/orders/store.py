@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.runtime.errors import InvalidArgument
 
-from .domain import Attribution, Coupon, Line, Order, Status
+from .domain import Attribution, Coupon, Line, Order, Refund, Status
 
 _ORDER_COLS = (
     "order_id, status, store_id, dealer_id, brand_id, consumer_id, attribution_scene, attribution_dealer_id, "
@@ -18,6 +18,9 @@ _ORDER_COLS = (
     "discount_fen, payable_fen, reservation_id, created_at, payment_txn_id, paid_at, shipment_id, dispatched_at"
 )
 _LINE_COLS = "sku_id, name, quantity, unit_price_fen, unit_supply_price_fen, line_total_fen"
+# Read back with what happened after placing (cancel, refunds); placing writes only the columns above.
+_ORDER_READ_COLS = _ORDER_COLS + ", cancelled_at, cancel_reason, refunded_fen"
+_LINE_READ_COLS = _LINE_COLS + ", refunded_quantity, refunded_fen"
 
 # The order and its lines in one statement: one round trip on the hot path. A conflict on order_id (a retry
 # that raced the first attempt) inserts nothing, and no line either; the caller then reads the winner back.
@@ -42,8 +45,8 @@ _PLACE = text(f"""
 """)
 # The order row with its lines as one JSON array: one round trip to read a whole order.
 _SELECT_SQL = f"""
-    SELECT {_ORDER_COLS},
-           (SELECT json_agg(json_build_array({_LINE_COLS}) ORDER BY line_no) FROM order_lines l
+    SELECT {_ORDER_READ_COLS},
+           (SELECT json_agg(json_build_array({_LINE_READ_COLS}) ORDER BY line_no) FROM order_lines l
             WHERE l.order_id = o.order_id) AS lines
     FROM orders o WHERE order_id = :id
 """
@@ -98,7 +101,8 @@ def _order(row) -> Order:  # type: ignore[no-untyped-def]
         discount_fen=row.discount_fen,
         payable_fen=row.payable_fen, reservation_id=row.reservation_id, created_at=row.created_at,
         payment_txn_id=row.payment_txn_id or "", paid_at=row.paid_at, shipment_id=row.shipment_id or "",
-        dispatched_at=row.dispatched_at,
+        dispatched_at=row.dispatched_at, cancelled_at=row.cancelled_at, cancel_reason=row.cancel_reason,
+        refunded_fen=row.refunded_fen,
     )
 
 
@@ -166,3 +170,59 @@ class OrderStore:
         )
         if updated.rowcount != 1:
             raise RuntimeError(f"order {dispatched.order_id} changed under its row lock")
+
+    async def record_cancel(self, conn: AsyncConnection, cancelled: Order) -> None:
+        updated = await conn.execute(
+            text("UPDATE orders SET status = 'CANCELLED', cancelled_at = :at, cancel_reason = :reason "
+                 "WHERE order_id = :id AND status = 'PENDING_PAYMENT'"),
+            {"at": cancelled.cancelled_at, "reason": cancelled.cancel_reason, "id": cancelled.order_id},
+        )
+        if updated.rowcount != 1:
+            raise RuntimeError(f"order {cancelled.order_id} changed under its row lock")
+
+    async def overdue(self, conn: AsyncConnection, window_s: float, limit: int) -> list[Order]:
+        """Unpaid orders past their payment window, oldest first, locked; rows another sweeper holds are
+        skipped."""
+        ids = (await conn.execute(
+            text("SELECT order_id FROM orders WHERE status = 'PENDING_PAYMENT' "
+                 "AND created_at <= now() - make_interval(secs => :w) ORDER BY created_at LIMIT :n "
+                 "FOR UPDATE SKIP LOCKED"), {"w": window_s, "n": limit})).scalars().all()
+        orders = [await self.order(conn, order_id) for order_id in ids]
+        return [o for o in orders if o is not None]
+
+    async def prior_refund(self, conn: AsyncConnection, provider_refund_id: str) -> PriorRefund | None:
+        row = (await conn.execute(
+            text("SELECT order_id, request_hash, refund FROM refunds WHERE provider_refund_id = :id"),
+            {"id": provider_refund_id})).first()
+        return PriorRefund(row.order_id, bytes(row.request_hash), bytes(row.refund)) if row else None
+
+    async def record_refund(self, conn: AsyncConnection, before: Order, after: Order, refund: Refund,
+                            request_hash: bytes, published: bytes) -> None:
+        """The refund, the order's status and total, and each line's refunded units, for a locked order. The
+        refunds key refuses a provider refund id another order recorded meanwhile."""
+        inserted = (await conn.execute(
+            text("INSERT INTO refunds (provider_refund_id, order_id, request_hash, amount_fen, refund, refunded_at) "
+                 "VALUES (:id, :o, :hash, :amount, :refund, :at) ON CONFLICT (provider_refund_id) DO NOTHING "
+                 "RETURNING 1"),
+            {"id": refund.provider_refund_id, "o": refund.order_id, "hash": request_hash,
+             "amount": refund.amount_fen, "refund": published, "at": refund.refunded_at})).first()
+        if inserted is None:
+            raise InvalidArgument.field("provider_refund_id", "was already recorded for another order")
+        updated = await conn.execute(
+            text("UPDATE orders SET status = :to, refunded_fen = :total WHERE order_id = :id AND status = :from"),
+            {"to": str(after.status), "total": after.refunded_fen, "id": after.order_id, "from": str(before.status)})
+        if updated.rowcount != 1:
+            raise RuntimeError(f"order {after.order_id} changed under its row lock")
+        await conn.execute(
+            text("UPDATE order_lines l SET refunded_quantity = v.q, refunded_fen = v.f "
+                 "FROM unnest(CAST(:skus AS text[]), CAST(:qs AS bigint[]), CAST(:fs AS bigint[])) AS v(sku, q, f) "
+                 "WHERE l.order_id = :id AND l.sku_id = v.sku"),
+            {"id": after.order_id, "skus": [li.sku_id for li in after.lines],
+             "qs": [li.refunded_quantity for li in after.lines], "fs": [li.refunded_fen for li in after.lines]})
+
+
+@dataclass(frozen=True)
+class PriorRefund:
+    order_id: str
+    request_hash: bytes
+    refund: bytes

@@ -3,6 +3,8 @@ and reused by every request."""
 
 from __future__ import annotations
 
+import os
+
 from omo.catalog.v1 import catalog_pb2_grpc
 from omo.marketing.v1 import marketing_pb2_grpc
 from omo.orders.v1 import orders_pb2, orders_pb2_grpc
@@ -12,22 +14,25 @@ from omo.warehouse.v1 import warehouse_pb2_grpc
 from services.runtime.consumer import Subscription
 from services.runtime.server import Runtime, Wiring
 
-from . import events
-from .api import OrderApi
+from . import domain, events
+from .api import OrderApi, UnpaidOrderSweeper
 from .placement import Placement
 from .store import OrderStore
 
 
 async def wire(rt: Runtime) -> Wiring:
     store = OrderStore()
+    window_s = float(os.environ.get("OMO_PAYMENT_WINDOW_S") or domain.DEFAULT_PAYMENT_WINDOW_S)
     placement = Placement(
         rt.engine,
         store,
         catalog_pb2_grpc.CatalogServiceStub(rt.channel("catalog")),
         warehouse_pb2_grpc.WarehouseServiceStub(rt.channel("warehouse")),
         marketing_pb2_grpc.MarketingServiceStub(rt.channel("marketing")),
+        window_s,
     )
     api = OrderApi(rt.engine, store, placement)
+    sweep_s = float(os.environ.get("OMO_SWEEP_INTERVAL_S") or 1.0)
     full_name = orders_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
     return Wiring(
         servicers=[(orders_pb2_grpc.add_OrderServiceServicer_to_server, api, full_name)],
@@ -35,4 +40,5 @@ async def wire(rt: Runtime) -> Wiring:
             Subscription("orders-shipment-dispatched", "WAREHOUSE", "warehouse.shipment.dispatched",
                          wh_events.ShipmentDispatched, events.on_shipment_dispatched(store)),
         ],
+        jobs=[UnpaidOrderSweeper(rt.engine, store, window_s, sweep_s).run],
     )

@@ -146,3 +146,33 @@ def test_page_tokens():
     for bad in ("-1", "x", "1" * 19):
         with pytest.raises(InvalidArgument):
             domain.page_after(bad)
+
+
+# -- locations and adjustments ------------------------------------------------------------------------------
+def test_a_location_gets_its_kinds_usual_modes_and_only_modes_it_can_offer():
+    Kind, Mode = domain.Kind, domain.Mode
+    forward = domain.location("w", "c", "n", Kind.FORWARD, "East", 31, 121, [], "", 0)
+    assert (forward.modes, forward.express_radius_km) == (("CLOUD_SHIPPING", "EXPRESS_3H"), 30)
+    store = domain.location("w", "c", "n", Kind.STORE, "East", 31, 121, [], "sto_1", 0)
+    assert (store.modes, store.store_id) == (("STORE_PICKUP",), "sto_1")
+    for kind, modes, store_id, radius, field in [
+        (Kind.STORE, [], "", 0, "store_id"),
+        (Kind.CLOUD, [], "sto_1", 0, "store_id"),
+        (Kind.FORWARD, [Mode.STORE_PICKUP], "", 0, "modes"),
+        (Kind.CLOUD, [Mode.EXPRESS_3H], "", 0, "express_radius_km"),
+        (Kind.CLOUD, [Mode.CLOUD_SHIPPING], "", 10, "express_radius_km"),
+    ]:
+        with pytest.raises(InvalidArgument) as err:
+            domain.location("w", "c", "n", kind, "East", 31, 121, modes, store_id, radius)
+        assert [f for f, _ in err.value.violations] == [field]
+
+
+@given(st.integers(0, 50), st.integers(0, 50), st.integers(-100, 100))
+def test_an_adjustment_never_takes_reserved_units(on_hand, reserved, delta):
+    level = domain.StockLevel("w", "s", max(on_hand, reserved), reserved)
+    if level.on_hand + delta >= reserved:
+        domain.check_adjustment(level, "s", delta)
+    else:
+        with pytest.raises(FailedPrecondition) as err:
+            domain.check_adjustment(level, "s", delta)
+        assert err.value.metadata["sku_id"] == "s"

@@ -1,0 +1,196 @@
+"""The order after placing: cancelled before payment (stock and coupon come back), cancelled by the sweeper
+when unpaid too long, refunded after dispatch by line and quantity with exact amounts, returned goods back
+in stock."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import grpc
+import nats
+import pytest
+from omo.marketing.v1 import marketing_pb2 as mkt
+from omo.orders.v1 import events_pb2 as orders_events
+from omo.orders.v1 import orders_pb2 as pb
+from omo.warehouse.v1 import warehouse_pb2 as wh
+
+from ..conftest import PAYMENT_WINDOW_S
+from ..support import bad_request_fields, error_info, key
+from .test_flow import eventually
+from .test_orders import available, issue_coupon, place_request, refused
+from .test_warehouse import assert_ledger_matches, ledger, level
+
+
+def get(clients, order_id: str) -> pb.Order:
+    return clients.orders.GetOrder(pb.GetOrderRequest(order_id=order_id)).order
+
+
+def cancel(clients, order_id: str, k: str | None = None) -> pb.Order:
+    return clients.orders.CancelOrder(pb.CancelOrderRequest(
+        idempotency_key=k or key(), order_id=order_id, reason="changed my mind")).order
+
+
+def reservation(clients, reservation_id: str) -> wh.Reservation:
+    return clients.warehouse.GetReservation(wh.GetReservationRequest(reservation_id=reservation_id)).reservation
+
+
+def pay(clients, order: pb.Order) -> pb.Order:
+    return clients.orders.RecordPayment(pb.RecordPaymentRequest(
+        provider_txn_id=f"wx-{key()}", order_id=order.order_id, amount_fen=order.payable_fen)).order
+
+
+def dispatched(clients, order_id: str) -> pb.Order:
+    return eventually(lambda: get(clients, order_id), lambda o: o.status == pb.ORDER_STATUS_DISPATCHED,
+                      "the order to be dispatched")
+
+
+def refund(clients, order_id: str, *lines: tuple[str, int], rid: str | None = None,
+           returned: bool = False) -> pb.RecordRefundResponse:
+    return clients.orders.RecordRefund(pb.RecordRefundRequest(
+        provider_refund_id=rid or f"rf-{key()}", order_id=order_id, goods_returned=returned,
+        lines=[pb.RefundLineInput(sku_id=s, quantity=q) for s, q in lines]))
+
+
+def last_refunded(stack) -> orders_events.OrderRefunded:
+    async def get_last() -> bytes:
+        nc = await nats.connect(stack.nats_url)
+        try:
+            return (await nc.jetstream().get_last_msg("ORDERS", "orders.order.refunded")).data
+        finally:
+            await nc.close()
+
+    return orders_events.OrderRefunded.FromString(asyncio.run(get_last()))
+
+
+# -- cancelling ---------------------------------------------------------------------------------------------
+def test_cancelling_an_unpaid_order_gives_back_its_stock_and_coupon(clients, world):
+    sku = world.new_sku(retail_fen=100_000, supply_fen=80_000, stock=5)
+    coupon = issue_coupon(clients, world, face_fen=10_000)
+    order = clients.orders.PlaceOrder(place_request(world, [(sku, 2)], coupon_code=coupon.code)).order
+    assert available(clients, sku) == 3
+
+    k = key()
+    cancelled = cancel(clients, order.order_id, k)
+    assert (cancelled.status, cancelled.cancel_reason) == (pb.ORDER_STATUS_CANCELLED, "changed my mind")
+    assert cancelled.HasField("cancelled_at")
+    assert cancel(clients, order.order_id, k) == cancelled  # a retry answers the same
+    assert get(clients, order.order_id) == cancelled
+
+    eventually(lambda: reservation(clients, order.reservation_id),
+               lambda r: r.status == wh.RESERVATION_STATUS_RELEASED, "the hold to be released")
+    assert available(clients, sku) == 5
+    assert_ledger_matches(clients, world.warehouse.warehouse_id, sku.sku_id)
+    back = eventually(lambda: clients.marketing.GetCoupon(mkt.GetCouponRequest(code=coupon.code)).coupon,
+                      lambda c: not c.redeemed_order_id, "the coupon to be given back")
+    assert back.status == mkt.COUPON_STATUS_ISSUED
+    # ... and it is good for another order.
+    again = clients.orders.PlaceOrder(place_request(world, [(sku, 1)], coupon_code=coupon.code)).order
+    assert again.discount_fen == 10_000
+
+    err = refused(lambda r: cancel(clients, r), order.order_id)
+    assert (err.code(), error_info(err).reason) == (grpc.StatusCode.FAILED_PRECONDITION, "ILLEGAL_ORDER_TRANSITION")
+    err = refused(lambda o: pay(clients, o), order)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert get(clients, order.order_id).status == pb.ORDER_STATUS_CANCELLED
+
+
+def test_a_paid_order_cannot_be_cancelled(clients, world):
+    order = clients.orders.PlaceOrder(place_request(world, [(world.new_sku(), 1)])).order
+    pay(clients, order)
+    err = refused(lambda o: cancel(clients, o), order.order_id)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert get(clients, order.order_id).status != pb.ORDER_STATUS_CANCELLED
+
+
+def test_cancelling_an_unknown_order_is_not_found_and_another_dealer_is_denied(clients, world):
+    err = refused(lambda o: cancel(clients, o), "ord_nope")
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    order = clients.orders.PlaceOrder(place_request(world, [(world.new_sku(), 1)])).order
+    with pytest.raises(grpc.RpcError) as denied:
+        clients.orders.CancelOrder(pb.CancelOrderRequest(idempotency_key=key(), order_id=order.order_id, reason="x"),
+                                   metadata=[("x-omo-principal", "dealer:dlr_other")])
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert get(clients, order.order_id).status == pb.ORDER_STATUS_PENDING_PAYMENT
+
+
+def test_an_order_left_unpaid_is_cancelled_by_the_sweeper(clients, world):
+    sku = world.new_sku(stock=3)
+    order = clients.orders.PlaceOrder(place_request(world, [(sku, 3)])).order
+    assert available(clients, sku) == 0
+    swept = eventually(lambda: get(clients, order.order_id), lambda o: o.status == pb.ORDER_STATUS_CANCELLED,
+                       "the unpaid order to be cancelled", timeout_s=PAYMENT_WINDOW_S + 20)
+    assert swept.cancel_reason == "payment window expired"
+    assert swept.cancelled_at.ToDatetime() - order.created_at.ToDatetime() >= timedelta(seconds=PAYMENT_WINDOW_S)
+    eventually(lambda: available(clients, sku), lambda n: n == 3, "the stock to come back")
+    err = refused(lambda o: pay(clients, o), order)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+# -- refunds ------------------------------------------------------------------------------------------------
+def test_partial_and_full_refunds_pay_back_exactly_what_was_paid(stack, clients, world):
+    a = world.new_sku(retail_fen=33_333, supply_fen=20_000, stock=10)
+    b = world.new_sku(retail_fen=10_001, supply_fen=7_000, stock=10)
+    coupon = issue_coupon(clients, world, face_fen=10_007)
+    order = clients.orders.PlaceOrder(place_request(world, [(a, 3), (b, 2)], coupon_code=coupon.code)).order
+    assert order.discount_fen == 10_007
+    pay(clients, order)
+    dispatched(clients, order.order_id)
+
+    rid = f"rf-{key()}"
+    first = refund(clients, order.order_id, (a.sku_id, 1), rid=rid)
+    [line] = first.refund.lines
+    assert (line.sku_id, line.quantity, line.gross_fen) == (a.sku_id, 1, 33_333)
+    assert line.amount_fen == line.gross_fen - line.discount_fen and 0 < line.discount_fen < 10_007
+    assert line.supply_fen == 20_000
+    assert first.order.status == pb.ORDER_STATUS_PARTIALLY_REFUNDED
+    assert first.order.refunded_fen == first.refund.amount_fen == line.amount_fen
+    assert [(li.refunded_quantity, li.refunded_fen) for li in first.order.lines] == [(1, line.amount_fen), (0, 0)]
+    # The provider repeats the notification: same answer, no second refund.
+    assert refund(clients, order.order_id, (a.sku_id, 1), rid=rid).refund == first.refund
+    assert get(clients, order.order_id).refunded_fen == line.amount_fen
+    err = refused(lambda r: refund(clients, order.order_id, (a.sku_id, 2), rid=r), rid)
+    assert (err.code(), bad_request_fields(err)) == (grpc.StatusCode.INVALID_ARGUMENT, ["provider_refund_id"])
+
+    err = refused(lambda o: refund(clients, o, (a.sku_id, 3)), order.order_id)
+    assert (err.code(), bad_request_fields(err)) == (grpc.StatusCode.INVALID_ARGUMENT, ["lines[0].quantity"])
+    err = refused(lambda o: refund(clients, o, ("sku_other", 1)), order.order_id)
+    assert (err.code(), bad_request_fields(err)) == (grpc.StatusCode.INVALID_ARGUMENT, ["lines[0].sku_id"])
+
+    rest = refund(clients, order.order_id)  # no lines: everything not refunded yet
+    assert rest.order.status == pb.ORDER_STATUS_REFUNDED
+    assert sorted((li.sku_id, li.quantity) for li in rest.refund.lines) == sorted([(a.sku_id, 2), (b.sku_id, 2)])
+    assert first.refund.amount_fen + rest.refund.amount_fen == order.payable_fen == rest.order.refunded_fen
+    assert sum(li.discount_fen for li in [*first.refund.lines, *rest.refund.lines]) == order.discount_fen
+    event = eventually(lambda: last_refunded(stack), lambda e: e.refund.provider_refund_id ==
+                       rest.refund.provider_refund_id, "OrderRefunded to be published")
+    assert event.refund == rest.refund
+    assert event.order == rest.order
+    assert event.payment_txn_id == get(clients, order.order_id).payment_txn_id
+
+    err = refused(lambda o: refund(clients, o), order.order_id)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_refunds_before_dispatch_are_refused(clients, world):
+    order = clients.orders.PlaceOrder(place_request(world, [(world.new_sku(), 1)])).order
+    err = refused(lambda o: refund(clients, o), order.order_id)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert get(clients, order.order_id).status == pb.ORDER_STATUS_PENDING_PAYMENT
+
+
+def test_returned_goods_go_back_into_the_stock_they_shipped_from(clients, world):
+    sku = world.new_sku(stock=5)
+    w = world.warehouse.warehouse_id
+    order = clients.orders.PlaceOrder(place_request(world, [(sku, 3)])).order
+    pay(clients, order)
+    dispatched(clients, order.order_id)
+    assert level(clients, sku.sku_id, w).on_hand == 2
+
+    money_only = refund(clients, order.order_id, (sku.sku_id, 1))
+    returned = refund(clients, order.order_id, (sku.sku_id, 2), returned=True)
+    eventually(lambda: level(clients, sku.sku_id, w).on_hand, lambda n: n == 4, "the returned goods in stock")
+    returns = [m for m in ledger(clients, w, sku.sku_id) if m.reason == wh.MOVEMENT_REASON_RETURN]
+    assert [(m.on_hand_delta, m.reference_id) for m in returns] == [(2, returned.refund.provider_refund_id)]
+    assert money_only.refund.provider_refund_id not in {m.reference_id for m in returns}
+    assert_ledger_matches(clients, w, sku.sku_id)

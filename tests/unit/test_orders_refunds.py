@@ -1,0 +1,87 @@
+"""Cancelling and refunding without I/O: which orders may be cancelled or refunded, and refund amounts that
+add up exactly to what was paid, line by line, however the refunds are cut."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.orders import domain
+from services.orders.domain import Status
+from services.runtime.errors import FailedPrecondition, InvalidArgument
+
+from .test_orders_domain import order
+
+NOW = datetime(2020, 12, 8, 21, 0, tzinfo=UTC)
+
+
+def test_only_an_unpaid_order_is_cancelled():
+    cancelled = domain.cancel(order(), "changed my mind", NOW)
+    assert (cancelled.status, cancelled.cancel_reason, cancelled.cancelled_at) == (
+        Status.CANCELLED, "changed my mind", NOW)
+    for status in (Status.PAID, Status.DISPATCHED):
+        with pytest.raises(FailedPrecondition):
+            domain.cancel(order(status=status), "too late", NOW)
+    with pytest.raises(FailedPrecondition):
+        domain.cancel(cancelled, "again", NOW)
+    with pytest.raises(FailedPrecondition):
+        domain.pay(cancelled, "txn_late", cancelled.payable_fen, NOW)
+
+
+@pytest.mark.parametrize("status", [Status.PENDING_PAYMENT, Status.PAID])
+def test_refunds_come_after_dispatch(status):
+    with pytest.raises(FailedPrecondition):
+        domain.refund(order(status=status), "rf_1", [], False, NOW)
+
+
+def test_a_partial_refund_carries_its_share_of_the_discount():
+    placed = order(payable_lines=((10_000, 3), (5_000, 1)), discount=1_001, status=Status.DISPATCHED)
+    # Line totals 30,000 and 5,000: the discount splits 858 / 143 (largest remainder).
+    assert domain.line_discounts(placed) == [858, 143]
+    first, after = domain.refund(placed, "rf_1", [("sku_0", 1)], False, NOW)
+    [line] = first.lines
+    assert (line.gross_fen, line.discount_fen, line.amount_fen, line.supply_fen) == (10_000, 286, 9_714, 480_000)
+    assert after.status == Status.PARTIALLY_REFUNDED
+    rest, done = domain.refund(after, "rf_2", [], True, NOW)
+    assert done.status == Status.REFUNDED
+    assert first.amount_fen + rest.amount_fen == placed.payable_fen == done.refunded_fen
+    with pytest.raises(FailedPrecondition):
+        domain.refund(done, "rf_3", [], False, NOW)
+
+
+@pytest.mark.parametrize(("requested", "field"), [
+    ([("sku_9", 1)], "lines[0].sku_id"),
+    ([("sku_0", 1), ("sku_0", 1)], "lines[1].sku_id"),
+    ([("sku_0", 4)], "lines[0].quantity"),
+])
+def test_refund_lines_must_name_units_the_order_still_has(requested, field):
+    placed = order(payable_lines=((10_000, 3),), status=Status.DISPATCHED)
+    with pytest.raises(InvalidArgument) as err:
+        domain.refund(placed, "rf_1", requested, False, NOW)
+    assert [f for f, _ in err.value.violations] == [field]
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.integers(1, 200_000), st.integers(1, 6)), min_size=1, max_size=4),
+       st.integers(0, 10**9), st.randoms(use_true_random=False))
+def test_refunds_in_any_cut_add_up_to_the_payable_amount(lines, discount_seed, rnd):
+    placed = order(payable_lines=tuple(lines), status=Status.DISPATCHED)
+    discount = discount_seed % (placed.subtotal_fen + 1)
+    placed = order(payable_lines=tuple(lines), discount=discount, status=Status.DISPATCHED) if discount else placed
+    current, refunds = placed, []
+    while current.status != Status.REFUNDED:
+        left = [(li.sku_id, li.quantity - li.refunded_quantity) for li in current.lines
+                if li.quantity > li.refunded_quantity]
+        cut = [(sku, rnd.randint(1, n)) for sku, n in rnd.sample(left, rnd.randint(1, len(left)))]
+        r, current = domain.refund(current, f"rf_{len(refunds)}", cut, False, NOW)
+        refunds.append(r)
+        assert all(li.amount_fen >= 0 and li.amount_fen == li.gross_fen - li.discount_fen for li in r.lines)
+        assert current.refunded_fen == sum(x.amount_fen for x in refunds) <= placed.payable_fen
+    assert sum(r.amount_fen for r in refunds) == placed.payable_fen
+    assert sum(li.discount_fen for r in refunds for li in r.lines) == placed.discount_fen
+    shares = domain.line_discounts(placed)
+    for i, line in enumerate(current.lines):
+        assert line.refunded_fen == line.line_total_fen - shares[i]
