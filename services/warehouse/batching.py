@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .store import ReserveCall, ReserveResult, WarehouseStore, retry_conflicts
+from .store import ReserveCall, ReserveResult, WarehouseStore, is_unique_violation, retry_conflicts
 
-# Batches in the database at once: one commits while the next waits for the row lock with its calls.
-_WORKERS = 4
+# Batches in the database at once: one commits while the next waits for the row lock with its calls; more
+# would only make each batch smaller.
+_WORKERS = 2
 _MAX_BATCH = 256
 
 
@@ -40,7 +42,7 @@ class ReserveBatcher:
 
     async def _drain(self) -> None:
         while self._queue:
-            batch = [self._queue.popleft() for _ in range(min(len(self._queue), _MAX_BATCH))]
+            batch = self._take()
             batch.sort(key=lambda item: item[0].lines[0].sku_id)
             calls = [call for call, _ in batch]
             try:
@@ -56,9 +58,39 @@ class ReserveBatcher:
                 if not future.done():
                     future.set_result(result)
 
+    def _take(self) -> list[tuple[ReserveCall, asyncio.Future[ReserveResult]]]:
+        """The next batch: up to _MAX_BATCH calls in arrival order, never two for one key or order (the later
+        one waits for the next batch, and then finds the first one's reservation)."""
+        batch, keys, orders, later = [], set(), set(), []
+        while self._queue and len(batch) < _MAX_BATCH:
+            call, future = self._queue.popleft()
+            if call.key in keys or call.order_id in orders:
+                later.append((call, future))
+                continue
+            keys.add(call.key)
+            orders.add(call.order_id)
+            batch.append((call, future))
+        self._queue.extendleft(reversed(later))
+        return batch
+
     async def _run(self, calls: list[ReserveCall]) -> list[ReserveResult]:
         # One statement, outside BEGIN/COMMIT: atomic by itself, and the batch's locks end with it.
         async with self.autocommit.connect() as conn:
             if len(calls) == 1:
                 return [await self.store.reserve(conn, calls[0])]
-            return await self.store.reserve_batch(conn, calls)
+            try:
+                return await self.store.reserve_batch(conn, calls)
+            except DBAPIError as err:
+                if not is_unique_violation(err):
+                    raise
+            # A call of the batch raced another call for its key or order, and the whole batch was undone:
+            # run them one by one so that only that call sees the race (and looks again).
+            results = []
+            for call in calls:
+                try:
+                    results.append(await self.store.reserve(conn, call))
+                except DBAPIError as err:
+                    if not is_unique_violation(err):
+                        raise
+                    results.append(ReserveResult(False, None, None, {}, conflict=True))
+            return results

@@ -80,31 +80,89 @@ BEGIN
     INTO prior, warehouse_id, created_at, expires_at, level_warehouses, level_skus, level_available;
 END $$"""
 
-# Many single-line reservations in one transaction, hence one commit (one WAL flush) for all of them: on a
+# Many single-line reservations in one statement, hence one commit (one WAL flush) for all of them: on a
 # hot SKU the row lock is held until the commit is durable, so without this the flash-sale rate is one
-# reservation per disk flush. Each reservation runs in its own subtransaction, so a unique-key race of one
-# (a concurrent call for the same key or order) does not undo the others: it comes back as `conflict`.
+# reservation per disk flush. Set-based, so that a batch costs little more than one reservation:
+#   1. which calls already have a reservation for their key or order (they get `prior`);
+#   2. lock the batch's SKUs' cloud stock rows in (sku_id, warehouse_id) order and read what is available;
+#   3. in call order, each call takes the first warehouse (by id) that still covers it: the same choice
+#      reserve_one makes, applied one call after the other;
+#   4. write the stock levels (one UPDATE per row), the reservations, their lines and their movements.
+# A call that got nothing comes back with the availability it was refused on. The caller never puts two
+# calls for one key or order in a batch; a unique-key race with a concurrent statement fails the whole
+# batch, and the caller then runs its calls one by one (batching.py).
 _RESERVE_BATCH = """
 CREATE FUNCTION reserve_batch(p_rids text[], p_order_ids text[], p_keys text[], p_hashes bytea[],
                               p_skus text[], p_qtys bigint[], p_hold_s double precision[])
 RETURNS TABLE (ord integer, prior boolean, conflict boolean, warehouse_id text, created_at timestamptz,
                expires_at timestamptz, level_warehouses text[], level_skus text[], level_available bigint[])
 LANGUAGE plpgsql AS $$
+#variable_conflict use_column
 DECLARE
+    n integer := coalesce(cardinality(p_rids), 0);
+    had boolean[];
+    w_ids text[];
+    w_skus text[];
+    w_avail bigint[];
+    chosen text[] := array_fill(NULL::text, ARRAY[n]);
     i integer;
-    r record;
+    j integer;
+    at timestamptz := clock_timestamp();
 BEGIN
-    FOR i IN 1 .. coalesce(cardinality(p_rids), 0) LOOP
-        BEGIN
-            SELECT * INTO r FROM reserve_one(p_rids[i], p_order_ids[i], p_keys[i], p_hashes[i],
-                                             ARRAY[p_skus[i]], ARRAY[p_qtys[i]], p_hold_s[i]);
-            ord := i; prior := r.prior; conflict := false; warehouse_id := r.warehouse_id;
-            created_at := r.created_at; expires_at := r.expires_at; level_warehouses := r.level_warehouses;
-            level_skus := r.level_skus; level_available := r.level_available;
-        EXCEPTION WHEN unique_violation THEN
-            ord := i; prior := false; conflict := true; warehouse_id := NULL; created_at := NULL;
-            expires_at := NULL; level_warehouses := '{}'; level_skus := '{}'; level_available := '{}';
-        END;
+    SELECT array_agg(EXISTS (SELECT 1 FROM reservations r WHERE r.idempotency_key = t.k OR r.order_id = t.o)
+                     ORDER BY t.i)
+    INTO had FROM unnest(p_keys, p_order_ids) WITH ORDINALITY AS t(k, o, i);
+
+    SELECT coalesce(array_agg(x.warehouse_id ORDER BY x.sku_id, x.warehouse_id), '{}'),
+           coalesce(array_agg(x.sku_id ORDER BY x.sku_id, x.warehouse_id), '{}'),
+           coalesce(array_agg(x.available ORDER BY x.sku_id, x.warehouse_id), '{}')
+    INTO w_ids, w_skus, w_avail
+    FROM (SELECT s.warehouse_id, s.sku_id, s.on_hand - s.reserved AS available
+          FROM stock s JOIN warehouses h ON h.warehouse_id = s.warehouse_id
+          WHERE h.kind = 'CLOUD' AND s.sku_id = ANY (p_skus)
+          ORDER BY s.sku_id, s.warehouse_id
+          FOR UPDATE OF s) x;
+
+    FOR i IN 1 .. n LOOP
+        CONTINUE WHEN had[i];
+        FOR j IN 1 .. cardinality(w_ids) LOOP
+            IF w_skus[j] = p_skus[i] AND w_avail[j] >= p_qtys[i] THEN
+                chosen[i] := w_ids[j];
+                w_avail[j] := w_avail[j] - p_qtys[i];
+                EXIT;
+            END IF;
+        END LOOP;
+    END LOOP;
+
+    UPDATE stock s SET reserved = s.reserved + t.q, updated_at = now()
+    FROM (SELECT c.w, c.s, sum(c.q) AS q FROM unnest(chosen, p_skus, p_qtys) AS c(w, s, q)
+          WHERE c.w IS NOT NULL GROUP BY c.w, c.s) t
+    WHERE s.warehouse_id = t.w AND s.sku_id = t.s;
+    INSERT INTO reservations (reservation_id, order_id, warehouse_id, status, idempotency_key, request_hash,
+                              created_at, expires_at)
+    SELECT p_rids[k], p_order_ids[k], chosen[k], 'RESERVED', p_keys[k], p_hashes[k], at,
+           at + make_interval(secs => p_hold_s[k])
+    FROM generate_series(1, n) AS k WHERE chosen[k] IS NOT NULL ORDER BY k;
+    INSERT INTO reservation_lines (reservation_id, sku_id, quantity)
+    SELECT p_rids[k], p_skus[k], p_qtys[k] FROM generate_series(1, n) AS k WHERE chosen[k] IS NOT NULL;
+    INSERT INTO movements (warehouse_id, sku_id, on_hand_delta, reserved_delta, reason, reference_id)
+    SELECT chosen[k], p_skus[k], 0, p_qtys[k], 'reservation', p_rids[k]
+    FROM generate_series(1, n) AS k WHERE chosen[k] IS NOT NULL ORDER BY k;
+
+    FOR i IN 1 .. n LOOP
+        ord := i; prior := had[i]; conflict := false; warehouse_id := chosen[i];
+        created_at := CASE WHEN chosen[i] IS NULL THEN NULL ELSE at END;
+        expires_at := CASE WHEN chosen[i] IS NULL THEN NULL ELSE at + make_interval(secs => p_hold_s[i]) END;
+        level_warehouses := '{}'; level_skus := '{}'; level_available := '{}';
+        IF chosen[i] IS NULL AND NOT had[i] THEN
+            FOR j IN 1 .. cardinality(w_ids) LOOP
+                IF w_skus[j] = p_skus[i] THEN
+                    level_warehouses := level_warehouses || w_ids[j];
+                    level_skus := level_skus || w_skus[j];
+                    level_available := level_available || w_avail[j];
+                END IF;
+            END LOOP;
+        END IF;
         RETURN NEXT;
     END LOOP;
 END $$"""
