@@ -116,6 +116,18 @@ class OrderApi(orders_pb2_grpc.OrderServiceServicer):
             domain.check_visible(order, who.kind, who.ident)
         return pb.GetOrderResponse(order=order_pb(order))
 
+    async def ListOrders(self, request: pb.ListOrdersRequest, context) -> pb.ListOrdersResponse:
+        who = reqctx.principal()
+        scope = domain.list_scope(request.consumer_id, request.store_id, request.dealer_id,
+                                  (who.kind, who.ident) if who is not None else None)
+        after = domain.page_after(request.page_token)
+        size = request.page_size or domain.DEFAULT_LIST_PAGE
+        async with self.reads.connect() as conn:
+            orders = await self.store.list_orders(conn, scope.column, scope.value, scope.tenant, after, size + 1)
+        page = orders[:size]
+        token = domain.page_token(page[-1].created_at, page[-1].order_id) if len(orders) > size else ""
+        return pb.ListOrdersResponse(orders=[order_pb(o) for o in page], next_page_token=token)
+
     async def CancelOrder(self, request: pb.CancelOrderRequest, context) -> pb.CancelOrderResponse:
         async def effect(conn: AsyncConnection) -> pb.CancelOrderResponse:
             order = await self.store.order(conn, request.order_id, lock=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from services.runtime.money import allocate
@@ -339,3 +339,56 @@ def check_visible(order: Order, kind: str, ident: str) -> None:
             reason="OUTSIDE_TENANT",
             metadata={"principal": f"{kind}:{ident}", "order_id": order.order_id},
         )
+
+
+# -- listing ----------------------------------------------------------------------------------------------
+
+DEFAULT_LIST_PAGE = 50
+_TENANT_COLUMN = {"brand": "brand_id", "dealer": "dealer_id", "store": "store_id", "guide": "attribution_guide_id"}
+
+
+@dataclass(frozen=True)
+class ListScope:
+    """Whose orders: the party's column and id, and the caller's own tenant filter (None for a trusted
+    internal caller)."""
+
+    column: str
+    value: str
+    tenant: tuple[str, str] | None
+
+
+def list_scope(consumer_id: str, store_id: str, dealer_id: str, principal: tuple[str, str] | None) -> ListScope:
+    named = [(f, v) for f, v in (("consumer_id", consumer_id), ("store_id", store_id), ("dealer_id", dealer_id))
+             if v]
+    if len(named) != 1:
+        raise InvalidArgument([(f, "name exactly one of consumer_id, store_id, dealer_id")
+                               for f in (["consumer_id"] if not named else [f for f, _ in named])])
+    column, value = named[0]
+    tenant = None
+    if principal is not None:
+        kind, ident = principal
+        own = _TENANT_COLUMN.get(kind)
+        if own is None or (column == own and value != ident):
+            raise PermissionDenied(f"{kind} {ident!r} may not list the orders of {column} {value!r}",
+                                   reason="OUTSIDE_TENANT", metadata={"principal": f"{kind}:{ident}"})
+        tenant = (own, ident)  # a dealer listing a consumer sees only that consumer's orders with the dealer
+    return ListScope(column, value, tenant)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def page_token(created_at: datetime, order_id: str) -> str:
+    """The last order of a page as microseconds since the epoch (exact, as Postgres stores it) and its id."""
+    return f"{(created_at - _EPOCH) // _MICROSECOND}.{order_id}"
+
+
+def page_after(token: str) -> tuple[datetime, str] | None:
+    """The (created_at, order_id) a token stands for: the page continues with older orders."""
+    if not token:
+        return None
+    micros, _, order_id = token.partition(".")
+    if not micros.isdigit() or not order_id:
+        raise InvalidArgument.field("page_token", "is not a token from a previous page")
+    return _EPOCH + int(micros) * _MICROSECOND, order_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -219,6 +220,24 @@ class OrderStore:
                  "WHERE l.order_id = :id AND l.sku_id = v.sku"),
             {"id": after.order_id, "skus": [li.sku_id for li in after.lines],
              "qs": [li.refunded_quantity for li in after.lines], "fs": [li.refunded_fen for li in after.lines]})
+
+    async def list_orders(self, conn: AsyncConnection, column: str, value: str, tenant: tuple[str, str] | None,
+                          after: tuple[datetime, str] | None, limit: int) -> list[Order]:
+        """Newest first. `column` and the tenant column come from domain.list_scope's fixed set, never from
+        the caller, so they are safe to put in the SQL text."""
+        where = [f"o.{column} = :v"]
+        params: dict[str, object] = {"v": value, "n": limit}
+        if tenant is not None:
+            where.append(f"o.{tenant[0]} = :tv")
+            params["tv"] = tenant[1]
+        if after is not None:
+            where.append("(o.created_at, o.order_id) < (:at, :oid)")
+            params.update(at=after[0], oid=after[1])
+        rows = await conn.execute(text(
+            f"SELECT {_ORDER_READ_COLS}, (SELECT json_agg(json_build_array({_LINE_READ_COLS}) ORDER BY line_no) "
+            f"FROM order_lines l WHERE l.order_id = o.order_id) AS lines FROM orders o WHERE {' AND '.join(where)} "
+            "ORDER BY o.created_at DESC, o.order_id DESC LIMIT :n"), params)
+        return [_order(r) for r in rows]
 
 
 @dataclass(frozen=True)

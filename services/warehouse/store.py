@@ -294,9 +294,11 @@ class WarehouseStore:
 
     async def movements(self, conn: AsyncConnection, warehouse_id: str, sku_id: str, after: int,
                         limit: int) -> list[Movement]:
+        """One SKU's movements in a warehouse, or every SKU's when sku_id is empty."""
+        which = "AND sku_id = :s " if sku_id else ""
         rows = await conn.execute(
             text("SELECT movement_id, warehouse_id, sku_id, on_hand_delta, reserved_delta, reason, reference_id, "
-                 "created_at FROM movements WHERE warehouse_id = :w AND sku_id = :s AND movement_id > :after "
+                 f"created_at FROM movements WHERE warehouse_id = :w {which}AND movement_id > :after "
                  "ORDER BY movement_id LIMIT :n"),
             {"w": warehouse_id, "s": sku_id, "after": after, "n": limit},
         )

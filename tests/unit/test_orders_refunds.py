@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from services.orders import domain
 from services.orders.domain import Status
-from services.runtime.errors import FailedPrecondition, InvalidArgument
+from services.runtime.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 
 from .test_orders_domain import order
 
@@ -85,3 +85,26 @@ def test_refunds_in_any_cut_add_up_to_the_payable_amount(lines, discount_seed, r
     shares = domain.line_discounts(placed)
     for i, line in enumerate(current.lines):
         assert line.refunded_fen == line.line_total_fen - shares[i]
+
+
+# -- listing ----------------------------------------------------------------------------------------------
+def test_listing_names_exactly_one_party_and_stays_in_the_callers_tenant():
+    assert domain.list_scope("c_1", "", "", None) == domain.ListScope("consumer_id", "c_1", None)
+    with pytest.raises(InvalidArgument) as err:
+        domain.list_scope("", "", "", None)
+    assert [f for f, _ in err.value.violations] == ["consumer_id"]
+    with pytest.raises(InvalidArgument) as err:
+        domain.list_scope("c_1", "s_1", "", None)
+    assert [f for f, _ in err.value.violations] == ["consumer_id", "store_id"]
+    assert domain.list_scope("c_1", "", "", ("dealer", "d_1")).tenant == ("dealer_id", "d_1")
+    assert domain.list_scope("", "", "d_1", ("dealer", "d_1")).tenant == ("dealer_id", "d_1")
+    for principal, args in [(("dealer", "d_1"), ("", "", "d_2")), (("store", "s_1"), ("", "s_2", "")),
+                            (("consumer", "c_1"), ("c_1", "", ""))]:
+        with pytest.raises(PermissionDenied):
+            domain.list_scope(*args, principal)
+
+
+@given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)),
+       st.text("abcdef0123456789_.", min_size=1, max_size=40))
+def test_page_tokens_round_trip_exactly(at, order_id):
+    assert domain.page_after(domain.page_token(at, order_id)) == (at, order_id)

@@ -1,4 +1,5 @@
-"""Cancelled orders, refunds by line and quantity, and the unpaid-order sweeper's queue.
+"""Cancelled orders, refunds by line and quantity, the unpaid-order sweeper's queue, and listing orders by
+consumer, store and dealer.
 
 Revision ID: 0002
 Revises: 0001
@@ -45,9 +46,14 @@ def upgrade() -> None:
     op.execute("CREATE INDEX refunds_by_order ON refunds (order_id)")
     # The sweeper's queue: only unpaid orders are in it.
     op.execute("CREATE INDEX orders_awaiting_payment ON orders (created_at) WHERE status = 'PENDING_PAYMENT'")
+    # ListOrders pages newest first through one party's orders.
+    for party in ("consumer_id", "store_id", "dealer_id"):
+        op.execute(f"CREATE INDEX orders_by_{party} ON orders ({party}, created_at DESC, order_id DESC)")
 
 
 def downgrade() -> None:
+    for party in ("consumer_id", "store_id", "dealer_id"):
+        op.execute(f"DROP INDEX orders_by_{party}")
     op.execute("DROP INDEX orders_awaiting_payment")
     op.execute("DROP TABLE refunds")
     op.execute("ALTER TABLE order_lines DROP CONSTRAINT refunds_within_line")
