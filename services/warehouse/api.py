@@ -16,7 +16,7 @@ from services.runtime.idempotency import request_hash, run_idempotent
 from services.runtime.ids import new_id
 from services.runtime.timestamps import now
 
-from . import domain
+from . import domain, routing
 from .batching import ReserveBatcher
 from .messages import (
     KINDS,
@@ -24,6 +24,7 @@ from .messages import (
     RESERVATION_RELEASED,
     level_pb,
     movement_pb,
+    plan_pb,
     reservation_pb,
     reservation_released,
     shipment_pb,
@@ -126,7 +127,18 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
             else self.default_hold_s
         call = ReserveCall(new_id("rsv"), request.order_id, request.idempotency_key, digest, lines, hold_s)
         reservation_id = call.reservation_id
+        routed = request.HasField("route")
+        if routed:
+            # A retry must replay the first answer even if the route would now be different.
+            async with self.autocommit.connect() as conn:
+                prior = await self.store.prior_reservations(conn, request.idempotency_key, request.order_id)
+            if prior:
+                reservation = domain.replay_or_conflict(prior, request.idempotency_key, digest, request.order_id,
+                                                        lines)
+                return pb.ReserveStockResponse(reservation=reservation_pb(reservation))
         for _ in range(_RESERVE_LOOKS):
+            if routed:
+                call = replace(call, warehouse_id=await self._route_to(request.route, lines))
             try:
                 result = await self._reserve_once(call)
             except DBAPIError as err:
@@ -148,15 +160,38 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
                                                  domain.ReservationStatus.RESERVED, lines, result.created_at,
                                                  expires_at=result.expires_at)
                 return pb.ReserveStockResponse(reservation=reservation_pb(reservation))
-            if domain.choose_warehouse(result.available, lines) is None:
+            if not routed and domain.choose_warehouse(result.available, lines) is None:
                 raise domain.shortage(result.available, lines)
             # The snapshot showed a warehouse covering the order but its units went to a concurrent call
             # before we could lock them: look again at the new levels.
         raise Unavailable("stock of this order is heavily contended, retry with the same idempotency key",
                           reason="CONTENDED")
 
+    async def _plan(self, route: pb.Route,
+                    lines: tuple[domain.Line, ...]) -> tuple[routing.Plan, domain.Availability]:
+        mode = MODES[route.mode]
+        async with self.autocommit.connect() as conn:
+            locations, available = await self.store.route_levels(conn, str(mode), [line.sku_id for line in lines])
+        where = (route.deliver_to.latitude, route.deliver_to.longitude)
+        best = routing.plan(lines, mode, *where, locations, available)
+        if best is None:
+            raise routing.no_route(lines, mode, *where, locations, available)
+        return best, available
+
+    async def _route_to(self, route: pb.Route, lines: tuple[domain.Line, ...]) -> str:
+        """The one location the route ranks first; a plan over several cannot be held as one reservation."""
+        best, available = await self._plan(route, lines)
+        if len(best.legs) > 1:
+            raise routing.needs_split(best, lines, available)
+        return best.legs[0].warehouse_id
+
+    async def QuoteRoute(self, request: pb.QuoteRouteRequest, context) -> pb.QuoteRouteResponse:
+        lines = domain.merge_lines((line.sku_id, line.quantity) for line in request.lines)
+        best, _ = await self._plan(request.route, lines)
+        return pb.QuoteRouteResponse(plan=plan_pb(best))
+
     async def _reserve_once(self, call: ReserveCall) -> ReserveResult:
-        if len(call.lines) == 1:
+        if len(call.lines) == 1 and call.warehouse_id is None:
             return await self.batcher.reserve(call)
         async def attempt() -> ReserveResult:
             async with self.autocommit.connect() as conn:

@@ -9,7 +9,7 @@ from omo.warehouse.v1 import warehouse_pb2 as pb
 
 from services.runtime.timestamps import to_proto
 
-from . import domain
+from . import domain, routing
 
 RESERVATION_RELEASED = "warehouse.reservation.released"
 SHIPMENT_DISPATCHED = "warehouse.shipment.dispatched"
@@ -78,3 +78,9 @@ def shipment_dispatched(s: domain.Shipment) -> ev.ShipmentDispatched:
 def reservation_released(r: domain.Reservation, reason: str, at: datetime) -> ev.ReservationReleased:
     return ev.ReservationReleased(reservation_id=r.reservation_id, order_id=r.order_id, reason=reason,
                                   warehouse_id=r.warehouse_id, lines=lines_pb(r.lines), released_at=to_proto(at))
+
+
+def plan_pb(plan: routing.Plan) -> pb.RoutePlan:
+    return pb.RoutePlan(legs=[pb.RouteLeg(warehouse_id=leg.warehouse_id, kind=_KIND_PB[str(leg.kind)],
+                                          lines=lines_pb(leg.lines), distance_km=round(leg.distance_km, 3))
+                              for leg in plan.legs])

@@ -57,7 +57,8 @@ _LINES = "lines AS (SELECT * FROM unnest(CAST(:skus AS text[]), CAST(:qtys AS bi
 #   held:     the conditional UPDATE, only if every line is still covered: all lines or none.
 # reserve_batch runs many single-line reservations through the same function in one transaction.
 _RESERVE = text("SELECT *, false AS conflict FROM reserve_one(:rid, :order_id, :key, CAST(:hash AS bytea), "
-                "CAST(:skus AS text[]), CAST(:qtys AS bigint[]), CAST(:hold_s AS double precision))")
+                "CAST(:skus AS text[]), CAST(:qtys AS bigint[]), CAST(:hold_s AS double precision), "
+                "CAST(:w AS text))")
 _RESERVE_BATCH = text("SELECT * FROM reserve_batch(CAST(:rids AS text[]), CAST(:order_ids AS text[]), "
                       "CAST(:keys AS text[]), CAST(:hashes AS bytea[]), CAST(:skus AS text[]), "
                       "CAST(:qtys AS bigint[]), CAST(:holds AS double precision[])) ORDER BY ord")
@@ -224,6 +225,8 @@ class ReserveCall:
     request_hash: bytes
     lines: tuple[Line, ...]
     hold_s: float
+    # The location routing chose; None: the first cloud warehouse covering every line.
+    warehouse_id: str | None = None
 
 
 def _result(row) -> ReserveResult:  # type: ignore[no-untyped-def]
@@ -287,6 +290,20 @@ class WarehouseStore:
                  + (" FOR UPDATE" if lock else "")), {"w": warehouse_id, "s": sku_id})).first()
         return StockLevel(*row) if row else None
 
+    async def route_levels(self, conn: AsyncConnection, mode: str,
+                           sku_ids: list[str]) -> tuple[list[Warehouse], Availability]:
+        """Every location offering the mode, and what it has available of the SKUs."""
+        rows = (await conn.execute(text(
+            f"SELECT {', '.join('h.' + c for c in _WAREHOUSE_COLS.split(', '))}, "
+            "ARRAY(SELECT s.sku_id FROM stock s WHERE s.warehouse_id = h.warehouse_id "
+            "      AND s.sku_id = ANY(CAST(:skus AS text[])) ORDER BY s.sku_id) AS skus, "
+            "ARRAY(SELECT s.on_hand - s.reserved FROM stock s WHERE s.warehouse_id = h.warehouse_id "
+            "      AND s.sku_id = ANY(CAST(:skus AS text[])) ORDER BY s.sku_id) AS available "
+            "FROM warehouses h WHERE :mode = ANY(h.modes) ORDER BY h.warehouse_id"),
+            {"mode": mode, "skus": sku_ids})).all()
+        return ([_warehouse(r) for r in rows],
+                {r.warehouse_id: dict(zip(r.skus, r.available, strict=True)) for r in rows})
+
     async def levels(self, conn: AsyncConnection, sku_id: str) -> list[StockLevel]:
         rows = await conn.execute(text("SELECT warehouse_id, sku_id, on_hand, reserved FROM stock "
                                        "WHERE sku_id = :s ORDER BY warehouse_id"), {"s": sku_id})
@@ -309,7 +326,7 @@ class WarehouseStore:
     async def reserve(self, conn: AsyncConnection, call: ReserveCall) -> ReserveResult:
         row = (await conn.execute(_RESERVE, {
             **_split(call.lines), "rid": call.reservation_id, "order_id": call.order_id, "key": call.key,
-            "hash": call.request_hash, "hold_s": call.hold_s,
+            "hash": call.request_hash, "hold_s": call.hold_s, "w": call.warehouse_id,
         })).one()
         return _result(row)
 

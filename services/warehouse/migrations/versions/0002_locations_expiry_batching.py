@@ -13,10 +13,11 @@ branch_labels = None
 depends_on = None
 
 # One reservation, all lines or none; the logic that was the one-statement ReserveStock (see store.py for
-# the why of each step). `prior` / `conflict` tell the caller to look at the existing reservation.
+# the why of each step). `prior` tells the caller to look at the existing reservation. p_warehouse NULL: the
+# first cloud warehouse covering every line; otherwise that location only (the one routing chose).
 _RESERVE_ONE = """
 CREATE FUNCTION reserve_one(p_rid text, p_order_id text, p_key text, p_hash bytea, p_skus text[],
-                            p_qtys bigint[], p_hold_s double precision,
+                            p_qtys bigint[], p_hold_s double precision, p_warehouse text,
                             OUT prior boolean, OUT warehouse_id text, OUT created_at timestamptz,
                             OUT expires_at timestamptz, OUT level_warehouses text[], OUT level_skus text[],
                             OUT level_available bigint[])
@@ -30,7 +31,7 @@ BEGIN
     level AS MATERIALIZED (
         SELECT s.warehouse_id, s.sku_id, s.on_hand - s.reserved AS available, l.quantity
         FROM stock s JOIN lines l ON l.sku_id = s.sku_id JOIN warehouses h ON h.warehouse_id = s.warehouse_id
-        WHERE h.kind = 'CLOUD'
+        WHERE (p_warehouse IS NULL AND h.kind = 'CLOUD') OR h.warehouse_id = p_warehouse
     ),
     target AS (
         SELECT v.warehouse_id FROM level v
@@ -186,7 +187,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DROP FUNCTION reserve_batch(text[], text[], text[], bytea[], text[], bigint[], double precision[])")
-    op.execute("DROP FUNCTION reserve_one(text, text, text, bytea, text[], bigint[], double precision)")
+    op.execute("DROP FUNCTION reserve_one(text, text, text, bytea, text[], bigint[], double precision, text)")
     op.execute("DROP INDEX reservations_expiring")
     op.execute("ALTER TABLE warehouses DROP CONSTRAINT store_stock_names_its_store")
     for column in ("express_radius_km", "store_id", "modes"):

@@ -1,0 +1,113 @@
+"""Routing over gRPC: quotes by mode and place, routed reservations that hold what was quoted, a split that
+is quoted but refused as one hold, and two buyers racing for the last unit of the nearest location."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import pytest
+from omo.warehouse.v1 import warehouse_pb2 as wh
+
+from ..support import error_info, key
+
+SHANGHAI = wh.GeoPoint(latitude=31.23, longitude=121.47)
+
+
+def place(clients, kind, lat, lon, **fields) -> wh.Warehouse:  # type: ignore[no-untyped-def]
+    return clients.warehouse.CreateWarehouse(wh.CreateWarehouseRequest(
+        idempotency_key=key(), code=f"R-{key()[:10]}", name="routing", kind=kind, region="East",
+        latitude=lat, longitude=lon, **fields)).warehouse
+
+
+def stock(clients, w: wh.Warehouse, sku_id: str, quantity: int) -> None:
+    clients.warehouse.ReceiveStock(wh.ReceiveStockRequest(
+        idempotency_key=key(), warehouse_id=w.warehouse_id, sku_id=sku_id, quantity=quantity))
+
+
+def route(mode, at=SHANGHAI) -> wh.Route:  # type: ignore[no-untyped-def]
+    return wh.Route(mode=mode, deliver_to=at)
+
+
+def quote(clients, r: wh.Route, *lines: tuple[str, int]) -> wh.RoutePlan:
+    return clients.warehouse.QuoteRoute(wh.QuoteRouteRequest(
+        route=r, lines=[wh.StockLine(sku_id=s, quantity=q) for s, q in lines])).plan
+
+
+def reserve(clients, r: wh.Route, *lines: tuple[str, int]) -> wh.Reservation:
+    return clients.warehouse.ReserveStock(wh.ReserveStockRequest(
+        idempotency_key=key(), order_id=f"ord-{key()}", route=r,
+        lines=[wh.StockLine(sku_id=s, quantity=q) for s, q in lines])).reservation
+
+
+def test_each_mode_is_served_from_the_right_place_and_reserved_as_quoted(clients, world):
+    sku = world.new_sku(stock=0).sku_id
+    far = place(clients, wh.WAREHOUSE_KIND_CLOUD, 30.66, 104.06)                      # Chengdu
+    forward = place(clients, wh.WAREHOUSE_KIND_FORWARD, 31.22, 121.54)                # Pudong, 30 km reach
+    counter = place(clients, wh.WAREHOUSE_KIND_STORE, 31.20, 121.44, store_id=world.store.store_id)
+    for w in (far, forward, counter):
+        stock(clients, w, sku, 5)
+
+    for mode, expect in ((wh.FULFILMENT_MODE_EXPRESS_3H, forward), (wh.FULFILMENT_MODE_STORE_PICKUP, counter)):
+        [leg] = quote(clients, route(mode), (sku, 2)).legs
+        assert leg.warehouse_id == expect.warehouse_id and 0 < leg.distance_km < 30
+        assert quote(clients, route(mode), (sku, 2)).legs[0] == leg  # the same answer every time
+        held = reserve(clients, route(mode), (sku, 2))
+        assert held.warehouse_id == expect.warehouse_id
+    # Beijing is out of the forward warehouse's express reach: nobody can run 3-hour express there.
+    with pytest.raises(grpc.RpcError) as err:
+        reserve(clients, route(wh.FULFILMENT_MODE_EXPRESS_3H, wh.GeoPoint(latitude=39.9, longitude=116.4)), (sku, 1))
+    assert (err.value.code(), error_info(err.value).metadata["sku_id"]) == (grpc.StatusCode.RESOURCE_EXHAUSTED, sku)
+
+
+def test_a_split_is_quoted_but_not_held_as_one_reservation(clients, world):
+    a, b = world.new_sku(stock=0).sku_id, world.new_sku(stock=0).sku_id
+    near = place(clients, wh.WAREHOUSE_KIND_CLOUD, 31.3, 121.3)
+    nearer = place(clients, wh.WAREHOUSE_KIND_CLOUD, 31.25, 121.45)
+    stock(clients, near, a, 1)
+    stock(clients, near, b, 1)
+    stock(clients, nearer, a, 1)
+    legs = quote(clients, route(wh.FULFILMENT_MODE_CLOUD_SHIPPING), (a, 2), (b, 1)).legs
+    assert [(leg.warehouse_id, [(li.sku_id, li.quantity) for li in leg.lines]) for leg in legs] == [
+        (nearer.warehouse_id, [(a, 1)]), (near.warehouse_id, sorted([(a, 1), (b, 1)]))]
+    with pytest.raises(grpc.RpcError) as err:
+        reserve(clients, route(wh.FULFILMENT_MODE_CLOUD_SHIPPING), (a, 2), (b, 1))
+    info = error_info(err.value)
+    assert (err.value.code(), info.reason, info.metadata["sku_id"]) == (
+        grpc.StatusCode.FAILED_PRECONDITION, "ROUTE_NEEDS_SPLIT", a)
+    levels = clients.warehouse.GetStock(wh.GetStockRequest(sku_id=a)).levels
+    assert all(lv.reserved == 0 for lv in levels)
+
+
+def test_two_buyers_racing_for_the_nearest_last_unit(clients, world):
+    sku = world.new_sku(stock=0).sku_id
+    nearest = place(clients, wh.WAREHOUSE_KIND_CLOUD, 31.24, 121.48)
+    next_one = place(clients, wh.WAREHOUSE_KIND_CLOUD, 31.6, 121.9)
+    stock(clients, nearest, sku, 1)
+    stock(clients, next_one, sku, 1)
+    barrier, held = threading.Barrier(2), []
+
+    def buy() -> None:
+        barrier.wait()
+        held.append(reserve(clients, route(wh.FULFILMENT_MODE_CLOUD_SHIPPING), (sku, 1)).warehouse_id)
+
+    threads = [threading.Thread(target=buy) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(held) == sorted([nearest.warehouse_id, next_one.warehouse_id])
+    with pytest.raises(grpc.RpcError) as err:
+        reserve(clients, route(wh.FULFILMENT_MODE_CLOUD_SHIPPING), (sku, 1))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_routed_retry_replays_the_first_hold(clients, world):
+    sku = world.new_sku(stock=0).sku_id
+    w = place(clients, wh.WAREHOUSE_KIND_CLOUD, 31.24, 121.48)
+    stock(clients, w, sku, 1)
+    request = wh.ReserveStockRequest(idempotency_key=key(), order_id=f"ord-{key()}",
+                                     route=route(wh.FULFILMENT_MODE_CLOUD_SHIPPING),
+                                     lines=[wh.StockLine(sku_id=sku, quantity=1)])
+    first = clients.warehouse.ReserveStock(request).reservation
+    assert clients.warehouse.ReserveStock(request).reservation == first  # stock is gone now, the answer is not
