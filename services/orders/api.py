@@ -49,7 +49,6 @@ def order_pb(o: domain.Order) -> pb.Order:
 class OrderApi(orders_pb2_grpc.OrderServiceServicer):
     def __init__(self, engine: AsyncEngine, store: OrderStore, placement: Placement):
         self.engine = engine
-        self.reads = engine.execution_options(isolation_level="AUTOCOMMIT")  # one statement: no BEGIN/ROLLBACK
         self.store = store
         self.placement = placement
 
@@ -73,7 +72,7 @@ class OrderApi(orders_pb2_grpc.OrderServiceServicer):
         return pb.RecordPaymentResponse(order=snapshot)
 
     async def GetOrder(self, request: pb.GetOrderRequest, context) -> pb.GetOrderResponse:
-        async with self.reads.connect() as conn:
+        async with self.engine.connect() as conn:
             order = await self.store.order(conn, request.order_id)
         if order is None:
             raise NotFound("order", request.order_id)

@@ -20,12 +20,12 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import log, metrics
+from .db import Connection, Database
 from .outbox import HEADER_CREATED_MS, HEADER_EVENT_ID, HEADER_TYPE
 
-Handler = Callable[[AsyncConnection, Any, "Delivery"], Awaitable[None]]
+Handler = Callable[[Connection, Any, "Delivery"], Awaitable[None]]
 
 _CLAIM = text(
     "INSERT INTO inbox (consumer, message_id, subject) VALUES (:consumer, :mid, :subject) "
@@ -43,6 +43,9 @@ class Subscription:
     subject: str
     event_type: type[Message]
     handler: Handler
+    # At most this many messages per transaction (None: the service's OMO_CONSUMER_BATCH). A handler that
+    # updates rows the service's RPCs also lock (stock) wants small batches: the locks are held until commit.
+    max_batch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ class PermanentError(Exception):
 class Consumer:
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: Database,
         js: JetStreamContext,
         sub: Subscription,
         *,
@@ -71,7 +74,7 @@ class Consumer:
         self.engine = engine
         self.js = js
         self.sub = sub
-        self.batch = batch
+        self.batch = min(batch, sub.max_batch or batch)
         self.max_deliver = max_deliver
         self.ack_wait_s = ack_wait_s
         self._stopping = asyncio.Event()
@@ -150,7 +153,7 @@ class Consumer:
         except DecodeError as exc:
             raise PermanentError(f"undecodable {expected}: {exc}") from exc
 
-    async def _apply(self, conn: AsyncConnection, msg: Msg) -> Delivery | None:
+    async def _apply(self, conn: Connection, msg: Msg) -> Delivery | None:
         """Claim the message in the inbox and run the handler; None if it was handled before."""
         delivery = self._delivery(msg)
         claimed = (

@@ -19,10 +19,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import bus, clients, config, db, log, metrics, migrate
 from .consumer import Consumer, Subscription
+from .db import Database
 from .interceptors import server_interceptors
 from .outbox import OutboxRelay
 
@@ -34,7 +34,7 @@ class Runtime:
     """Shared handles a service's composition root wires its parts with."""
 
     settings: config.Settings
-    engine: AsyncEngine
+    engine: Database
     nc: Client
     js: JetStreamContext
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)

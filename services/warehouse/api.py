@@ -45,7 +45,6 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
     def __init__(self, engine: AsyncEngine, store: WarehouseStore, catalog: catalog_pb2_grpc.CatalogServiceStub):
         self.engine = engine
         # ReserveStock is a single statement; without BEGIN/COMMIT around it no row lock outlives it.
-        self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.store = store
         self.catalog = catalog
 
@@ -116,7 +115,7 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
 
     async def _reserve_once(self, reservation_id: str, request: pb.ReserveStockRequest, digest: bytes,
                             lines: tuple[domain.Line, ...]) -> ReserveResult:
-        async with self.autocommit.connect() as conn:
+        async with self.engine.connect() as conn:
             return await self.store.reserve(conn, reservation_id, request.order_id, request.idempotency_key,
                                             digest, lines)
 

@@ -22,6 +22,6 @@ async def wire(rt: Runtime) -> Wiring:
         servicers=[(warehouse_pb2_grpc.add_WarehouseServiceServicer_to_server, api, full_name)],
         subscriptions=[
             Subscription("warehouse-order-paid", "ORDERS", "orders.order.paid", orders_events.OrderPaid,
-                         OrderPaidHandler(store)),
+                         OrderPaidHandler(store), max_batch=16),
         ],
     )
