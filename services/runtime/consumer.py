@@ -31,6 +31,12 @@ _CLAIM = text(
     "INSERT INTO inbox (consumer, message_id, subject) VALUES (:consumer, :mid, :subject) "
     "ON CONFLICT DO NOTHING RETURNING 1"
 )
+# A whole batch claimed in one statement; the ids that come back are the messages not handled before.
+_CLAIM_MANY = text(
+    "INSERT INTO inbox (consumer, message_id, subject) "
+    "SELECT :consumer, m.id, m.subject FROM unnest(CAST(:mids AS text[]), CAST(:subjects AS text[])) AS m(id, subject) "
+    "ON CONFLICT DO NOTHING RETURNING message_id"
+)
 _log = log.get(__name__)
 
 
@@ -166,6 +172,25 @@ class Consumer:
         await self.sub.handler(conn, self._decode(msg), delivery)
         return delivery
 
+    async def _apply_batch(self, conn: Connection, msgs: list[Msg]) -> list[Delivery | None]:
+        """`_apply` for many messages with one inbox round trip; a message delivered twice in the batch runs once."""
+        deliveries = [self._delivery(m) for m in msgs]
+        rows = await conn.execute(_CLAIM_MANY, {
+            "consumer": self.sub.durable,
+            "mids": [d.message_id for d in deliveries],
+            "subjects": [d.subject for d in deliveries],
+        })
+        claimed = {row.message_id for row in rows}
+        handled: list[Delivery | None] = []
+        for msg, delivery in zip(msgs, deliveries, strict=True):
+            if delivery.message_id not in claimed:
+                handled.append(None)
+                continue
+            claimed.discard(delivery.message_id)
+            await self.sub.handler(conn, self._decode(msg), delivery)
+            handled.append(delivery)
+        return handled
+
     def _observe(self, deliveries: list[Delivery | None]) -> None:
         now_ms = time.time() * 1000
         for d in deliveries:
@@ -182,7 +207,7 @@ class Consumer:
         if len(msgs) > 1:
             try:
                 async with self.engine.begin() as conn:
-                    deliveries = [await self._apply(conn, m) for m in msgs]
+                    deliveries = await self._apply_batch(conn, msgs)
             except Exception as exc:
                 _log.info("batch failed, retrying messages one by one", consumer=self.sub.durable, error=repr(exc))
             else:
