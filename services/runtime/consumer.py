@@ -135,6 +135,12 @@ class Consumer:
 
     async def stop(self) -> None:
         self._stopping.set()
+        # Without this a NATS drain waits for the pull subscription's queue, which nothing empties any more.
+        if self._psub is not None:
+            try:
+                await self._psub.unsubscribe()
+            except Exception as exc:
+                _log.info("consumer unsubscribe failed", consumer=self.sub.durable, error=repr(exc))
 
     def _delivery(self, msg: Msg) -> Delivery:
         headers = msg.headers or {}
