@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from typing import Any
@@ -74,6 +74,12 @@ class Result:
     def scalar(self) -> Any:
         return self.rows[0][0] if self.rows else None
 
+    def scalars(self) -> list[Any]:
+        return [row[0] for row in self.rows]
+
+    def mappings(self) -> list[dict[str, Any]]:
+        return [dict(row.items()) for row in self.rows]
+
 
 @lru_cache(maxsize=1024)
 def _compile(sql: str) -> tuple[str, tuple[str, ...]]:
@@ -91,6 +97,12 @@ def _rowcount(status: bytes | str | None) -> int:
     return int(last) if last.isdigit() else -1
 
 
+def _translated(err: asyncpg.PostgresError, sql: str, params: Any) -> DBAPIError:
+    """SQLAlchemy's exception for a database error, wrapping the asyncpg one (`.orig.sqlstate`)."""
+    error = IntegrityError if err.sqlstate.startswith("23") else DBAPIError
+    return error(sql, params, err)
+
+
 class Connection:
     """One pooled connection; `execute` runs one statement."""
 
@@ -99,8 +111,16 @@ class Connection:
     def __init__(self, raw: asyncpg.Connection):
         self.raw = raw
 
-    async def execute(self, statement: TextClause | str, params: Mapping[str, Any] | None = None) -> Result:
+    async def execute(self, statement: TextClause | str,
+                      params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None) -> Result:
+        """One statement; a list of parameter sets runs it once per set (no rows come back then)."""
         sql, names = _compile(statement.text if isinstance(statement, TextClause) else statement)
+        if isinstance(params, Sequence):
+            try:
+                await self.raw.executemany(sql, [[p[n] for n in names] for p in params])
+            except asyncpg.PostgresError as err:
+                raise _translated(err, sql, params) from err
+            return Result([], len(params))
         args = [params[n] for n in names] if names and params is not None else []
         try:
             # The private `_execute` is asyncpg's own `execute`/`fetch` core: it returns the rows and the
@@ -108,8 +128,7 @@ class Connection:
             # `rowcount` needs).
             rows, status, _ = await self.raw._execute(sql, args, 0, None, return_status=True, record_class=Row)
         except asyncpg.PostgresError as err:
-            error = IntegrityError if err.sqlstate.startswith("23") else DBAPIError
-            raise error(sql, params, err) from err
+            raise _translated(err, sql, params) from err
         return Result(rows, _rowcount(status))
 
 
