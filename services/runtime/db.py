@@ -184,8 +184,9 @@ class Database:
             yield Connection(raw)
 
     @asynccontextmanager
-    async def begin(self) -> AsyncIterator[Connection]:
-        async with (await self.pool()).acquire() as raw, raw.transaction():
+    async def begin(self, *, isolation: str = "read_committed", readonly: bool = False) -> AsyncIterator[Connection]:
+        """A transaction; `isolation="repeatable_read", readonly=True` reads many statements from one snapshot."""
+        async with (await self.pool()).acquire() as raw, raw.transaction(isolation=isolation, readonly=readonly):
             yield Connection(raw)
 
     async def dispose(self) -> None:

@@ -76,3 +76,11 @@ async def test_batches_and_json(database):
     async with database.connect() as conn:
         docs = (await conn.execute(text("SELECT doc FROM items WHERE id LIKE 'm%' ORDER BY id"))).scalars()
     assert docs == [{"n": 0}, {"n": 1}, {"n": 2}, {"n": 3}]
+
+
+async def test_a_read_only_snapshot_refuses_writes(database):
+    with pytest.raises(DBAPIError) as refused:
+        async with database.begin(isolation="repeatable_read", readonly=True) as conn:
+            assert (await conn.execute(text("SHOW transaction_isolation"))).scalar_one() == "repeatable read"
+            await conn.execute(text("INSERT INTO items (id, qty) VALUES ('ro', 1)"))
+    assert refused.value.orig.sqlstate == "25006"
