@@ -147,7 +147,7 @@ class Database:
     """The service's pool. `begin()` is a transaction; `connect()` runs each statement in its own (autocommit),
     for reads and for single statements that are atomic by themselves."""
 
-    def __init__(self, url: str, schema: str, *, pool_size: int = 20, application_name: str = ""):
+    def __init__(self, url: str, schema: str, *, pool_size: int = 6, application_name: str = ""):
         self.url = asyncpg_url(url).replace("postgresql+asyncpg://", "postgresql://", 1)
         self.schema = schema
         self.pool_size = pool_size
@@ -195,5 +195,5 @@ class Database:
             self._pool = None
 
 
-def create_engine(url: str, schema: str, *, pool_size: int = 20, application_name: str = "") -> Database:
+def create_engine(url: str, schema: str, *, pool_size: int = 6, application_name: str = "") -> Database:
     return Database(url, schema, pool_size=pool_size, application_name=application_name)
