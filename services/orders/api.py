@@ -83,7 +83,6 @@ async def cancel_order(conn: AsyncConnection, store: OrderStore, order: domain.O
 class OrderApi(orders_pb2_grpc.OrderServiceServicer):
     def __init__(self, engine: AsyncEngine, store: OrderStore, placement: Placement):
         self.engine = engine
-        self.reads = engine.execution_options(isolation_level="AUTOCOMMIT")  # one statement: no BEGIN/ROLLBACK
         self.store = store
         self.placement = placement
 
@@ -107,7 +106,7 @@ class OrderApi(orders_pb2_grpc.OrderServiceServicer):
         return pb.RecordPaymentResponse(order=snapshot)
 
     async def GetOrder(self, request: pb.GetOrderRequest, context) -> pb.GetOrderResponse:
-        async with self.reads.connect() as conn:
+        async with self.engine.connect() as conn:
             order = await self.store.order(conn, request.order_id)
         if order is None:
             raise NotFound("order", request.order_id)
@@ -122,7 +121,7 @@ class OrderApi(orders_pb2_grpc.OrderServiceServicer):
                                   (who.kind, who.ident) if who is not None else None)
         after = domain.page_after(request.page_token)
         size = request.page_size or domain.DEFAULT_LIST_PAGE
-        async with self.reads.connect() as conn:
+        async with self.engine.connect() as conn:
             orders = await self.store.list_orders(conn, scope.column, scope.value, scope.tenant, after, size + 1)
         page = orders[:size]
         token = domain.page_token(page[-1].created_at, page[-1].order_id) if len(orders) > size else ""

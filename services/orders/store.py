@@ -187,7 +187,7 @@ class OrderStore:
         ids = (await conn.execute(
             text("SELECT order_id FROM orders WHERE status = 'PENDING_PAYMENT' "
                  "AND created_at <= now() - make_interval(secs => :w) ORDER BY created_at LIMIT :n "
-                 "FOR UPDATE SKIP LOCKED"), {"w": window_s, "n": limit})).scalars().all()
+                 "FOR UPDATE SKIP LOCKED"), {"w": window_s, "n": limit})).scalars()
         orders = [await self.order(conn, order_id) for order_id in ids]
         return [o for o in orders if o is not None]
 

@@ -91,7 +91,7 @@ def load(service: str) -> Settings:
         log_format=_env("OMO_LOG_FORMAT", "auto"),
         shutdown_grace_s=float(_env("OMO_SHUTDOWN_GRACE_S", "5")),
         default_deadline_s=float(_env("OMO_DEFAULT_DEADLINE_S", "5")),
-        db_pool_size=int(_env("OMO_DB_POOL_SIZE", "10")),
+        db_pool_size=int(_env("OMO_DB_POOL_SIZE", "6")),
         outbox_batch=int(_env("OMO_OUTBOX_BATCH", "500")),
         consumer_batch=int(_env("OMO_CONSUMER_BATCH", "200")),
         max_deliver=int(_env("OMO_MAX_DELIVER", "5")),

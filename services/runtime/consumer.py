@@ -20,16 +20,22 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import log, metrics
+from .db import Connection, Database
 from .outbox import HEADER_CREATED_MS, HEADER_EVENT_ID, HEADER_TYPE
 
-Handler = Callable[[AsyncConnection, Any, "Delivery"], Awaitable[None]]
+Handler = Callable[[Connection, Any, "Delivery"], Awaitable[None]]
 
 _CLAIM = text(
     "INSERT INTO inbox (consumer, message_id, subject) VALUES (:consumer, :mid, :subject) "
     "ON CONFLICT DO NOTHING RETURNING 1"
+)
+# A whole batch claimed in one statement; the ids that come back are the messages not handled before.
+_CLAIM_MANY = text(
+    "INSERT INTO inbox (consumer, message_id, subject) "
+    "SELECT :consumer, m.id, m.subject FROM unnest(CAST(:mids AS text[]), CAST(:subjects AS text[])) AS m(id, subject) "
+    "ON CONFLICT DO NOTHING RETURNING message_id"
 )
 _log = log.get(__name__)
 
@@ -43,6 +49,9 @@ class Subscription:
     subject: str
     event_type: type[Message]
     handler: Handler
+    # At most this many messages per transaction (None: the service's OMO_CONSUMER_BATCH). A handler that
+    # updates rows the service's RPCs also lock (stock) wants small batches: the locks are held until commit.
+    max_batch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,7 +69,7 @@ class PermanentError(Exception):
 class Consumer:
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: Database,
         js: JetStreamContext,
         sub: Subscription,
         *,
@@ -71,7 +80,7 @@ class Consumer:
         self.engine = engine
         self.js = js
         self.sub = sub
-        self.batch = batch
+        self.batch = min(batch, sub.max_batch or batch)
         self.max_deliver = max_deliver
         self.ack_wait_s = ack_wait_s
         self._stopping = asyncio.Event()
@@ -126,6 +135,12 @@ class Consumer:
 
     async def stop(self) -> None:
         self._stopping.set()
+        # Without this a NATS drain waits for the pull subscription's queue, which nothing empties any more.
+        if self._psub is not None:
+            try:
+                await self._psub.unsubscribe()
+            except Exception as exc:
+                _log.info("consumer unsubscribe failed", consumer=self.sub.durable, error=repr(exc))
 
     def _delivery(self, msg: Msg) -> Delivery:
         headers = msg.headers or {}
@@ -150,7 +165,7 @@ class Consumer:
         except DecodeError as exc:
             raise PermanentError(f"undecodable {expected}: {exc}") from exc
 
-    async def _apply(self, conn: AsyncConnection, msg: Msg) -> Delivery | None:
+    async def _apply(self, conn: Connection, msg: Msg) -> Delivery | None:
         """Claim the message in the inbox and run the handler; None if it was handled before."""
         delivery = self._delivery(msg)
         claimed = (
@@ -162,6 +177,25 @@ class Consumer:
             return None
         await self.sub.handler(conn, self._decode(msg), delivery)
         return delivery
+
+    async def _apply_batch(self, conn: Connection, msgs: list[Msg]) -> list[Delivery | None]:
+        """`_apply` for many messages with one inbox round trip; a message delivered twice in the batch runs once."""
+        deliveries = [self._delivery(m) for m in msgs]
+        rows = await conn.execute(_CLAIM_MANY, {
+            "consumer": self.sub.durable,
+            "mids": [d.message_id for d in deliveries],
+            "subjects": [d.subject for d in deliveries],
+        })
+        claimed = {row.message_id for row in rows}
+        handled: list[Delivery | None] = []
+        for msg, delivery in zip(msgs, deliveries, strict=True):
+            if delivery.message_id not in claimed:
+                handled.append(None)
+                continue
+            claimed.discard(delivery.message_id)
+            await self.sub.handler(conn, self._decode(msg), delivery)
+            handled.append(delivery)
+        return handled
 
     def _observe(self, deliveries: list[Delivery | None]) -> None:
         now_ms = time.time() * 1000
@@ -179,7 +213,7 @@ class Consumer:
         if len(msgs) > 1:
             try:
                 async with self.engine.begin() as conn:
-                    deliveries = [await self._apply(conn, m) for m in msgs]
+                    deliveries = await self._apply_batch(conn, msgs)
             except Exception as exc:
                 _log.info("batch failed, retrying messages one by one", consumer=self.sub.durable, error=repr(exc))
             else:

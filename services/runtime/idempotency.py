@@ -9,8 +9,8 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .db import Connection, Database
 from .errors import InvalidArgument
 
 R = TypeVar("R", bound=Message)
@@ -27,12 +27,12 @@ def request_hash(request: Message) -> bytes:
 
 
 async def run_idempotent(
-    engine: AsyncEngine,
+    engine: Database,
     scope: str,
     key: str,
     request: Message,
     response_type: type[R],
-    effect: Callable[[AsyncConnection], Awaitable[R]],
+    effect: Callable[[Connection], Awaitable[R]],
 ) -> R:
     """Run `effect` once per (scope, key). Concurrent calls with one key are serialized by an advisory lock;
     the same key with a different request is INVALID_ARGUMENT on `idempotency_key`."""

@@ -10,9 +10,9 @@ import time
 from google.protobuf.message import Message
 from nats.js import JetStreamContext
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import log, metrics, reqctx
+from .db import Connection, Database
 
 _INSERT = text(
     "INSERT INTO outbox (subject, event_type, payload, request_id) VALUES (:subject, :type, :payload, :rid)"
@@ -44,7 +44,7 @@ _log = log.get(__name__)
 _wake = asyncio.Event()
 
 
-async def add(conn: AsyncConnection, subject: str, event: Message) -> None:
+async def add(conn: Connection, subject: str, event: Message) -> None:
     """Queue `event` for publication; call inside the transaction that makes the change it announces."""
     await conn.execute(
         _INSERT,
@@ -60,7 +60,7 @@ async def add(conn: AsyncConnection, subject: str, event: Message) -> None:
 
 
 class OutboxRelay:
-    def __init__(self, engine: AsyncEngine, js: JetStreamContext, schema: str, batch: int = 500):
+    def __init__(self, engine: Database, js: JetStreamContext, schema: str, batch: int = 500):
         self.engine = engine
         self.js = js
         self.schema = schema

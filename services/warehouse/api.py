@@ -49,12 +49,10 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
     def __init__(self, engine: AsyncEngine, store: WarehouseStore, catalog: catalog_pb2_grpc.CatalogServiceStub,
                  default_hold_s: float = domain.DEFAULT_HOLD_S):
         self.engine = engine
-        # ReserveStock is a single statement; without BEGIN/COMMIT around it no row lock outlives it.
-        self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.store = store
         self.catalog = catalog
         self.default_hold_s = default_hold_s
-        self.batcher = ReserveBatcher(self.autocommit, store)
+        self.batcher = ReserveBatcher(self.engine, store)
 
     async def CreateWarehouse(self, request: pb.CreateWarehouseRequest, context) -> pb.CreateWarehouseResponse:
         _require_brand_operator()
@@ -109,7 +107,7 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
             self.engine, "AdjustStock", request.idempotency_key, request, pb.AdjustStockResponse, effect))
 
     async def GetWarehouse(self, request: pb.GetWarehouseRequest, context) -> pb.GetWarehouseResponse:
-        async with self.autocommit.connect() as conn:
+        async with self.engine.connect() as conn:
             warehouse = await self.store.warehouse(conn, request.warehouse_id)
         if warehouse is None:
             raise NotFound("warehouse", request.warehouse_id)
@@ -130,7 +128,7 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
         routed = request.HasField("route")
         if routed:
             # A retry must replay the first answer even if the route would now be different.
-            async with self.autocommit.connect() as conn:
+            async with self.engine.connect() as conn:
                 prior = await self.store.prior_reservations(conn, request.idempotency_key, request.order_id)
             if prior:
                 reservation = domain.replay_or_conflict(prior, request.idempotency_key, digest, request.order_id,
@@ -170,7 +168,7 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
     async def _plan(self, route: pb.Route,
                     lines: tuple[domain.Line, ...]) -> tuple[routing.Plan, domain.Availability]:
         mode = MODES[route.mode]
-        async with self.autocommit.connect() as conn:
+        async with self.engine.connect() as conn:
             locations, available = await self.store.route_levels(conn, str(mode), [line.sku_id for line in lines])
         where = (route.deliver_to.latitude, route.deliver_to.longitude)
         best = routing.plan(lines, mode, *where, locations, available)
@@ -194,7 +192,7 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
         if len(call.lines) == 1 and call.warehouse_id is None:
             return await self.batcher.reserve(call)
         async def attempt() -> ReserveResult:
-            async with self.autocommit.connect() as conn:
+            async with self.engine.connect() as conn:
                 return await self.store.reserve(conn, call)
         return await retry_conflicts(attempt)
 

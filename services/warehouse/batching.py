@@ -14,7 +14,8 @@ import asyncio
 from collections import deque
 
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.runtime.db import Database
 
 from .store import ReserveCall, ReserveResult, WarehouseStore, is_unique_violation, retry_conflicts
 
@@ -25,8 +26,8 @@ _MAX_BATCH = 256
 
 
 class ReserveBatcher:
-    def __init__(self, autocommit: AsyncEngine, store: WarehouseStore):
-        self.autocommit = autocommit
+    def __init__(self, engine: Database, store: WarehouseStore):
+        self.engine = engine
         self.store = store
         self._queue: deque[tuple[ReserveCall, asyncio.Future[ReserveResult]]] = deque()
         self._workers: set[asyncio.Task[None]] = set()
@@ -74,8 +75,9 @@ class ReserveBatcher:
         return batch
 
     async def _run(self, calls: list[ReserveCall]) -> list[ReserveResult]:
-        # One statement, outside BEGIN/COMMIT: atomic by itself, and the batch's locks end with it.
-        async with self.autocommit.connect() as conn:
+        # One statement, outside BEGIN/COMMIT (connect() autocommits): atomic by itself, and the batch's
+        # locks end with it.
+        async with self.engine.connect() as conn:
             if len(calls) == 1:
                 return [await self.store.reserve(conn, calls[0])]
             try:

@@ -27,11 +27,12 @@ async def wire(rt: Runtime) -> Wiring:
         servicers=[(warehouse_pb2_grpc.add_WarehouseServiceServicer_to_server, api, full_name)],
         subscriptions=[
             Subscription("warehouse-order-paid", "ORDERS", "orders.order.paid", orders_events.OrderPaid,
-                         OrderPaidHandler(store)),
+                         OrderPaidHandler(store), max_batch=16),
+            # Like the order-paid consumer, these lock stock rows: small batches hold them briefly.
             Subscription("warehouse-order-cancelled", "ORDERS", "orders.order.cancelled",
-                         orders_events.OrderCancelled, OrderCancelledHandler(store)),
+                         orders_events.OrderCancelled, OrderCancelledHandler(store), max_batch=16),
             Subscription("warehouse-order-refunded", "ORDERS", "orders.order.refunded",
-                         orders_events.OrderRefunded, OrderRefundedHandler(store)),
+                         orders_events.OrderRefunded, OrderRefundedHandler(store), max_batch=16),
         ],
         jobs=[ExpirySweeper(rt.engine, store, sweep_s).run],
     )
