@@ -21,7 +21,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per scenario")
     parser.add_argument("--buyers", type=int, default=48, help="concurrent buyers")
     parser.add_argument("--skus", type=int, default=200, help="SKUs in the range the buyers pick from")
-    parser.add_argument("--hot-callers", type=int, default=64, help="concurrent callers on the flash-sale SKU")
+    parser.add_argument("--hot-callers", type=int, default=256, help="concurrent callers on the flash-sale SKU")
     parser.add_argument("--only", choices=("orders", "hot-sku"), help="run one scenario (default: all)")
     parser.add_argument("--no-fsync", action="store_true", help="run Postgres without durability (diagnosis only)")
     args = parser.parse_args()
