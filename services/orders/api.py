@@ -53,6 +53,8 @@ def order_pb(o: domain.Order) -> pb.Order:
         cancelled_at=timestamps.to_proto(o.cancelled_at),
         cancel_reason=o.cancel_reason,
         refunded_fen=o.refunded_fen,
+        fulfilment_mode=pb.FulfilmentMode.Value(f"FULFILMENT_MODE_{o.fulfilment_mode}"),
+        warehouse_id=o.warehouse_id,
     )
 
 

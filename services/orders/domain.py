@@ -24,6 +24,27 @@ class Status(enum.StrEnum):
     REFUNDED = "REFUNDED"
 
 
+class Fulfilment(enum.StrEnum):
+    CLOUD_SHIPPING = "CLOUD_SHIPPING"
+    EXPRESS_3H = "EXPRESS_3H"
+
+
+@dataclass(frozen=True)
+class Route:
+    """How and where the order is served: the mode and the consumer's place (None: no place given)."""
+
+    mode: Fulfilment
+    deliver_to: tuple[float, float] | None
+
+
+def route(mode: Fulfilment | None, deliver_to: tuple[float, float] | None) -> Route:
+    """Express is from a forward warehouse near the consumer, so it needs to know where the consumer is."""
+    chosen = mode or Fulfilment.CLOUD_SHIPPING
+    if chosen == Fulfilment.EXPRESS_3H and deliver_to is None:
+        raise InvalidArgument.field("deliver_to", "is required for EXPRESS_3H")
+    return Route(chosen, deliver_to)
+
+
 # Every legal move of an order. Anything else is refused loudly, never skipped silently.
 ALLOWED_TRANSITIONS: frozenset[tuple[Status, Status]] = frozenset({
     (Status.PENDING_PAYMENT, Status.PAID),
@@ -131,6 +152,8 @@ class Order:
     cancelled_at: datetime | None = None
     cancel_reason: str = ""
     refunded_fen: int = 0
+    fulfilment_mode: Fulfilment = Fulfilment.CLOUD_SHIPPING
+    warehouse_id: str = ""
 
 
 # -- placing ----------------------------------------------------------------------------------------------
@@ -192,13 +215,14 @@ def attribute(requested: Attribution, store: StoreRef, credited_store: StoreRef 
 
 
 def new_order(order_id: str, store: StoreRef, consumer_id: str, attribution: Attribution, lines: tuple[Line, ...],
-              coupon: Coupon | None, reservation_id: str, now: datetime) -> Order:
+              coupon: Coupon | None, reservation_id: str, now: datetime,
+              fulfilment_mode: Fulfilment = Fulfilment.CLOUD_SHIPPING, warehouse_id: str = "") -> Order:
     sums = totals(lines, coupon.discount_fen if coupon else 0)
     if coupon is not None and coupon.discount_fen != sums.discount_fen:
         coupon = replace(coupon, discount_fen=sums.discount_fen)
     return Order(order_id, Status.PENDING_PAYMENT, store.store_id, store.dealer_id, store.brand_id, consumer_id,
                  attribution, lines, coupon, sums.subtotal_fen, sums.discount_fen, sums.payable_fen,
-                 reservation_id, now)
+                 reservation_id, now, fulfilment_mode=fulfilment_mode, warehouse_id=warehouse_id)
 
 
 # -- paying -----------------------------------------------------------------------------------------------

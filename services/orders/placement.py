@@ -43,6 +43,10 @@ _REFUSALS = frozenset({
 })
 _FUNDERS = {mkt.FUNDER_BRAND: "BRAND"}
 _HOLD_GRACE_S = 60
+_MODES = {pb.FULFILMENT_MODE_CLOUD_SHIPPING: domain.Fulfilment.CLOUD_SHIPPING,
+          pb.FULFILMENT_MODE_EXPRESS_3H: domain.Fulfilment.EXPRESS_3H}
+_WAREHOUSE_MODES = {domain.Fulfilment.CLOUD_SHIPPING: wh.FULFILMENT_MODE_CLOUD_SHIPPING,
+                    domain.Fulfilment.EXPRESS_3H: wh.FULFILMENT_MODE_EXPRESS_3H}
 
 
 class Placement:
@@ -69,6 +73,9 @@ class Placement:
         digest = request_hash(request)
         requested = [domain.LineInput(li.sku_id, li.quantity) for li in request.lines]
         domain.check_lines(requested)
+        route = domain.route(_MODES.get(request.fulfilment_mode),
+                             (request.deliver_to.latitude, request.deliver_to.longitude)
+                             if request.HasField("deliver_to") else None)
 
         async with self.engine.connect() as conn:
             prior = await self.store.prior(conn, key)
@@ -85,13 +92,13 @@ class Placement:
         store, quotes, credited = await self._quote(request)
         attribution = domain.attribute(_attribution(request.attribution), store, credited)
         lines = domain.price_lines(requested, quotes)
-        reservation_id = await self._reserve(order_id, lines)
+        reservation_id, warehouse_id = await self._reserve(order_id, lines, route)
         coupon = None
         if request.coupon_code:
             coupon = await self._redeem(request, order_id, store, domain.totals(lines).subtotal_fen, reservation_id,
                                         digest)
         order = domain.new_order(order_id, store, request.consumer_id, attribution, lines, coupon, reservation_id,
-                                 timestamps.now())
+                                 timestamps.now(), route.mode, warehouse_id)
 
         async with self.engine.connect() as conn:
             if await self.store.add_order(conn, order, key, digest):
@@ -126,13 +133,19 @@ class Placement:
             raise
         return domain.StoreRef(s.store_id, s.dealer_id, s.brand_id)
 
-    async def _reserve(self, order_id: str, lines: tuple[domain.Line, ...]) -> str:
-        reply = await self.warehouse.ReserveStock(wh.ReserveStockRequest(
+    async def _reserve(self, order_id: str, lines: tuple[domain.Line, ...], route: domain.Route) -> tuple[str, str]:
+        """The hold and the location it is at. With the consumer's place the warehouse routes (the same ranking
+        as its QuoteRoute); without, it holds at the first cloud warehouse covering every line."""
+        request = wh.ReserveStockRequest(
             idempotency_key=f"{order_id}:reserve", order_id=order_id,
             lines=[wh.StockLine(sku_id=li.sku_id, quantity=li.quantity) for li in lines],
             hold_for=self.hold_for,
-        ))
-        return reply.reservation.reservation_id
+        )
+        if route.deliver_to is not None:
+            request.route.mode = _WAREHOUSE_MODES[route.mode]
+            request.route.deliver_to.latitude, request.route.deliver_to.longitude = route.deliver_to
+        reply = await self.warehouse.ReserveStock(request)
+        return reply.reservation.reservation_id, reply.reservation.warehouse_id
 
     async def _redeem(self, request: pb.PlaceOrderRequest, order_id: str, store: domain.StoreRef, subtotal_fen: int,
                       reservation_id: str, digest: bytes) -> domain.Coupon:

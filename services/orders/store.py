@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.runtime.errors import InvalidArgument
 
-from .domain import Attribution, Coupon, Line, Order, Refund, Status
+from .domain import Attribution, Coupon, Fulfilment, Line, Order, Refund, Status
 
 _ORDER_COLS = (
     "order_id, status, store_id, dealer_id, brand_id, consumer_id, attribution_scene, attribution_dealer_id, "
@@ -20,18 +20,18 @@ _ORDER_COLS = (
 )
 _LINE_COLS = "sku_id, name, quantity, unit_price_fen, unit_supply_price_fen, line_total_fen"
 # Read back with what happened after placing (cancel, refunds); placing writes only the columns above.
-_ORDER_READ_COLS = _ORDER_COLS + ", cancelled_at, cancel_reason, refunded_fen"
+_ORDER_READ_COLS = _ORDER_COLS + ", cancelled_at, cancel_reason, refunded_fen, fulfilment_mode, warehouse_id"
 _LINE_READ_COLS = _LINE_COLS + ", refunded_quantity, refunded_fen"
 
 # The order and its lines in one statement: one round trip on the hot path. A conflict on order_id (a retry
 # that raced the first attempt) inserts nothing, and no line either; the caller then reads the winner back.
 _PLACE = text(f"""
     WITH placed AS (
-        INSERT INTO orders (idempotency_key, request_hash, {_ORDER_COLS})
+        INSERT INTO orders (idempotency_key, request_hash, {_ORDER_COLS}, fulfilment_mode, warehouse_id)
         VALUES (:idempotency_key, :request_hash, :order_id, :status, :store_id, :dealer_id, :brand_id, :consumer_id,
                 :attribution_scene, :attribution_dealer_id, :attribution_store_id, :attribution_guide_id,
                 :coupon_code, :coupon_funder, :coupon_discount_fen, :subtotal_fen, :discount_fen, :payable_fen,
-                :reservation_id, :created_at, NULL, NULL, NULL, NULL)
+                :reservation_id, :created_at, NULL, NULL, NULL, NULL, :fulfilment_mode, :warehouse_id)
         ON CONFLICT (order_id) DO NOTHING
         RETURNING order_id
     )
@@ -103,7 +103,7 @@ def _order(row) -> Order:  # type: ignore[no-untyped-def]
         payable_fen=row.payable_fen, reservation_id=row.reservation_id, created_at=row.created_at,
         payment_txn_id=row.payment_txn_id or "", paid_at=row.paid_at, shipment_id=row.shipment_id or "",
         dispatched_at=row.dispatched_at, cancelled_at=row.cancelled_at, cancel_reason=row.cancel_reason,
-        refunded_fen=row.refunded_fen,
+        refunded_fen=row.refunded_fen, fulfilment_mode=Fulfilment(row.fulfilment_mode), warehouse_id=row.warehouse_id,
     )
 
 
@@ -128,6 +128,7 @@ class OrderStore:
             "coupon_discount_fen": coupon.discount_fen if coupon else None,
             "subtotal_fen": order.subtotal_fen, "discount_fen": order.discount_fen, "payable_fen": order.payable_fen,
             "reservation_id": order.reservation_id, "created_at": order.created_at,
+            "fulfilment_mode": str(order.fulfilment_mode), "warehouse_id": order.warehouse_id,
             "sku_ids": [li.sku_id for li in order.lines], "names": [li.name for li in order.lines],
             "quantities": [li.quantity for li in order.lines],
             "unit_prices": [li.unit_price_fen for li in order.lines],

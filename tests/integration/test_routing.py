@@ -1,5 +1,6 @@
 """Routing over gRPC: quotes by mode and place, routed reservations that hold what was quoted, a split that
-is quoted but refused as one hold, and two buyers racing for the last unit of the nearest location."""
+is quoted but refused as one hold, two buyers racing for the last unit of the nearest location, and express
+orders placed through a store entry."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import threading
 
 import grpc
 import pytest
+from omo.orders.v1 import orders_pb2 as pb
 from omo.warehouse.v1 import warehouse_pb2 as wh
 
-from ..support import error_info, key
+from ..support import bad_request_fields, error_info, key
+from .test_order_lifecycle import dispatched, pay
+from .test_orders import place_request
 
 SHANGHAI = wh.GeoPoint(latitude=31.23, longitude=121.47)
 
@@ -111,3 +115,43 @@ def test_a_routed_retry_replays_the_first_hold(clients, world):
                                      lines=[wh.StockLine(sku_id=sku, quantity=1)])
     first = clients.warehouse.ReserveStock(request).reservation
     assert clients.warehouse.ReserveStock(request).reservation == first  # stock is gone now, the answer is not
+
+
+# -- through PlaceOrder -------------------------------------------------------------------------------------
+def test_an_express_order_is_held_and_shipped_at_the_forward_warehouse_near_the_consumer(clients, world):
+    sku = world.new_sku(stock=5)  # in the seeded cloud warehouse, ~50 km from Shanghai
+    forward = place(clients, wh.WAREHOUSE_KIND_FORWARD, 31.22, 121.54)
+    stock(clients, forward, sku.sku_id, 2)
+    here = pb.GeoPoint(latitude=SHANGHAI.latitude, longitude=SHANGHAI.longitude)
+
+    request = place_request(world, [(sku, 2)])
+    request.fulfilment_mode = pb.FULFILMENT_MODE_EXPRESS_3H
+    request.deliver_to.CopyFrom(here)
+    order = clients.orders.PlaceOrder(request).order
+    assert (order.fulfilment_mode, order.warehouse_id) == (pb.FULFILMENT_MODE_EXPRESS_3H, forward.warehouse_id)
+    pay(clients, order)
+    assert dispatched(clients, order.order_id).warehouse_id == forward.warehouse_id
+    [shipment] = clients.warehouse.ListShipments(wh.ListShipmentsRequest(order_id=order.order_id)).shipments
+    assert shipment.warehouse_id == forward.warehouse_id
+
+    # The forward warehouse is empty now: more express is refused naming the SKU, parcels still go.
+    again = place_request(world, [(sku, 1)])
+    again.fulfilment_mode = pb.FULFILMENT_MODE_EXPRESS_3H
+    again.deliver_to.CopyFrom(here)
+    with pytest.raises(grpc.RpcError) as err:
+        clients.orders.PlaceOrder(again)
+    assert (err.value.code(), error_info(err.value).metadata["sku_id"]) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED, sku.sku_id)
+    parcel = place_request(world, [(sku, 1)])
+    parcel.deliver_to.CopyFrom(here)
+    shipped = clients.orders.PlaceOrder(parcel).order
+    assert (shipped.fulfilment_mode, shipped.warehouse_id) == (
+        pb.FULFILMENT_MODE_CLOUD_SHIPPING, world.warehouse.warehouse_id)
+
+
+def test_express_needs_to_know_where_the_consumer_is(clients, world):
+    request = place_request(world, [(world.new_sku(), 1)])
+    request.fulfilment_mode = pb.FULFILMENT_MODE_EXPRESS_3H
+    with pytest.raises(grpc.RpcError) as err:
+        clients.orders.PlaceOrder(request)
+    assert (err.value.code(), bad_request_fields(err.value)) == (grpc.StatusCode.INVALID_ARGUMENT, ["deliver_to"])
