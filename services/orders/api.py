@@ -55,6 +55,7 @@ def order_pb(o: domain.Order) -> pb.Order:
         refunded_fen=o.refunded_fen,
         fulfilment_mode=pb.FulfilmentMode.Value(f"FULFILMENT_MODE_{o.fulfilment_mode}"),
         warehouse_id=o.warehouse_id,
+        pickup_code=o.pickup_code,
     )
 
 

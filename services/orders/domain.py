@@ -27,6 +27,7 @@ class Status(enum.StrEnum):
 class Fulfilment(enum.StrEnum):
     CLOUD_SHIPPING = "CLOUD_SHIPPING"
     EXPRESS_3H = "EXPRESS_3H"
+    STORE_PICKUP = "STORE_PICKUP"
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,11 @@ class Route:
 
 
 def route(mode: Fulfilment | None, deliver_to: tuple[float, float] | None) -> Route:
-    """Express is from a forward warehouse near the consumer, so it needs to know where the consumer is."""
+    """Express comes from a forward warehouse near the consumer and pickup is at a store near them, so both
+    need to know where the consumer is."""
     chosen = mode or Fulfilment.CLOUD_SHIPPING
-    if chosen == Fulfilment.EXPRESS_3H and deliver_to is None:
-        raise InvalidArgument.field("deliver_to", "is required for EXPRESS_3H")
+    if chosen != Fulfilment.CLOUD_SHIPPING and deliver_to is None:
+        raise InvalidArgument.field("deliver_to", f"is required for {chosen}")
     return Route(chosen, deliver_to)
 
 
@@ -154,6 +156,7 @@ class Order:
     refunded_fen: int = 0
     fulfilment_mode: Fulfilment = Fulfilment.CLOUD_SHIPPING
     warehouse_id: str = ""
+    pickup_code: str = ""
 
 
 # -- placing ----------------------------------------------------------------------------------------------
@@ -252,6 +255,17 @@ def dispatch(order: Order, shipment_id: str, at: datetime) -> Order | None:
         return None
     check_transition(order.status, Status.DISPATCHED)
     return replace(order, status=Status.DISPATCHED, shipment_id=shipment_id, dispatched_at=at)
+
+
+def ready_for_pickup(order: Order, pickup_code: str) -> Order | None:
+    """A paid pickup order is waiting at the store: the consumer gets the code. None if it has it already."""
+    if order.pickup_code == pickup_code:
+        return None
+    if order.status != Status.PAID or order.fulfilment_mode != Fulfilment.STORE_PICKUP or order.pickup_code:
+        raise FailedPrecondition(f"order {order.order_id!r} ({order.status}, {order.fulfilment_mode}) is not a "
+                                 "paid pickup order waiting for its code", reason="NOT_AWAITING_PICKUP",
+                                 metadata={"order_id": order.order_id})
+    return replace(order, pickup_code=pickup_code)
 
 
 # -- cancelling ------------------------------------------------------------------------------------------

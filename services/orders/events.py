@@ -34,3 +34,18 @@ def on_shipment_dispatched(store: OrderStore) -> Handler:
             await store.record_dispatch(conn, dispatched)
 
     return handle
+
+
+def on_ready_for_pickup(store: OrderStore) -> Handler:
+    """A paid store-pickup order is set aside at the store: the order carries the pickup code for the consumer.
+    It becomes DISPATCHED when the consumer collects it (warehouse.shipment.dispatched)."""
+
+    async def handle(conn: AsyncConnection, event: wh_events.ShipmentReadyForPickup, delivery: Delivery) -> None:
+        order = await store.order(conn, event.order_id, lock=True)
+        if order is None:
+            raise NotFound("order", event.order_id)
+        ready = domain.ready_for_pickup(order, event.pickup_code)
+        if ready is not None:
+            await store.record_pickup_code(conn, ready)
+
+    return handle

@@ -44,9 +44,11 @@ _REFUSALS = frozenset({
 _FUNDERS = {mkt.FUNDER_BRAND: "BRAND"}
 _HOLD_GRACE_S = 60
 _MODES = {pb.FULFILMENT_MODE_CLOUD_SHIPPING: domain.Fulfilment.CLOUD_SHIPPING,
-          pb.FULFILMENT_MODE_EXPRESS_3H: domain.Fulfilment.EXPRESS_3H}
+          pb.FULFILMENT_MODE_EXPRESS_3H: domain.Fulfilment.EXPRESS_3H,
+          pb.FULFILMENT_MODE_STORE_PICKUP: domain.Fulfilment.STORE_PICKUP}
 _WAREHOUSE_MODES = {domain.Fulfilment.CLOUD_SHIPPING: wh.FULFILMENT_MODE_CLOUD_SHIPPING,
-                    domain.Fulfilment.EXPRESS_3H: wh.FULFILMENT_MODE_EXPRESS_3H}
+                    domain.Fulfilment.EXPRESS_3H: wh.FULFILMENT_MODE_EXPRESS_3H,
+                    domain.Fulfilment.STORE_PICKUP: wh.FULFILMENT_MODE_STORE_PICKUP}
 
 
 class Placement:

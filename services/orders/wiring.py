@@ -39,6 +39,8 @@ async def wire(rt: Runtime) -> Wiring:
         subscriptions=[
             Subscription("orders-shipment-dispatched", "WAREHOUSE", "warehouse.shipment.dispatched",
                          wh_events.ShipmentDispatched, events.on_shipment_dispatched(store)),
+            Subscription("orders-shipment-ready", "WAREHOUSE", "warehouse.shipment.ready_for_pickup",
+                         wh_events.ShipmentReadyForPickup, events.on_ready_for_pickup(store)),
         ],
         jobs=[UnpaidOrderSweeper(rt.engine, store, window_s, sweep_s).run],
     )

@@ -22,11 +22,13 @@ from .messages import (
     KINDS,
     MODES,
     RESERVATION_RELEASED,
+    SHIPMENT_DISPATCHED,
     level_pb,
     movement_pb,
     plan_pb,
     reservation_pb,
     reservation_released,
+    shipment_dispatched,
     shipment_pb,
     warehouse_pb,
 )
@@ -224,6 +226,21 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
         async with self.engine.connect() as conn:
             shipments = await self.store.shipments(conn, request.order_id)
         return pb.ListShipmentsResponse(shipments=[shipment_pb(s) for s in shipments])
+
+    async def CollectPickup(self, request: pb.CollectPickupRequest, context) -> pb.CollectPickupResponse:
+        async def effect(conn: AsyncConnection) -> pb.CollectPickupResponse:
+            found = await self.store.pickup(conn, request.shipment_id)
+            if found is None:
+                raise NotFound("shipment", request.shipment_id)
+            shipment, code = found
+            domain.check_collect(shipment, request.pickup_code, code)
+            collected = replace(shipment, status="DISPATCHED", dispatched_at=now())
+            await self.store.collect(conn, shipment, collected.dispatched_at)  # type: ignore[arg-type]
+            await outbox.add(conn, SHIPMENT_DISPATCHED, shipment_dispatched(collected))
+            return pb.CollectPickupResponse(shipment=shipment_pb(collected))
+
+        return await retry_conflicts(lambda: run_idempotent(
+            self.engine, "CollectPickup", request.idempotency_key, request, pb.CollectPickupResponse, effect))
 
     async def ListMovements(self, request: pb.ListMovementsRequest, context) -> pb.ListMovementsResponse:
         after = domain.page_after(request.page_token)

@@ -4,6 +4,7 @@ how a reservation may change state, what a paid order does to it."""
 from __future__ import annotations
 
 import enum
+import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -40,6 +41,8 @@ class ReservationStatus(enum.StrEnum):
     RESERVED = "RESERVED"
     RELEASED = "RELEASED"
     SHIPPED = "SHIPPED"
+    # Paid, set aside at a store for pickup.
+    CONFIRMED = "CONFIRMED"
 
 
 class MovementReason(enum.StrEnum):
@@ -54,8 +57,11 @@ class MovementReason(enum.StrEnum):
 # RELEASED -> SHIPPED exists because payment can arrive after an unpaid order's hold was given back: the
 # paid order then takes its units again if any warehouse still has them.
 _TRANSITIONS: dict[ReservationStatus, frozenset[ReservationStatus]] = {
-    ReservationStatus.RESERVED: frozenset({ReservationStatus.RELEASED, ReservationStatus.SHIPPED}),
+    ReservationStatus.RESERVED: frozenset({ReservationStatus.RELEASED, ReservationStatus.SHIPPED,
+                                           ReservationStatus.CONFIRMED}),
     ReservationStatus.RELEASED: frozenset({ReservationStatus.SHIPPED}),
+    # A paid pickup leaves only when the consumer collects it.
+    ReservationStatus.CONFIRMED: frozenset({ReservationStatus.SHIPPED}),
     ReservationStatus.SHIPPED: frozenset(),
 }
 
@@ -147,8 +153,9 @@ class Shipment:
     warehouse_id: str
     reservation_id: str
     lines: tuple[Line, ...]
-    dispatched_at: datetime
+    dispatched_at: datetime | None
     status: str = "DISPATCHED"
+    ready_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -252,15 +259,27 @@ class ShipAction(enum.Enum):
     SHIP_HELD = "ship_held"
     # The hold was released before payment: take the units again, then ship.
     RETAKE = "retake"
+    # Held at a store's counter stock: set it aside for the consumer to collect.
+    SET_ASIDE = "set_aside"
 
 
-def ship_action(reservation: Reservation, shipped: bool) -> ShipAction:
+def ship_action(reservation: Reservation, shipped: bool, location_kind: str = Kind.CLOUD) -> ShipAction:
     if shipped:
         return ShipAction.ALREADY_SHIPPED
     check_transition(reservation, ReservationStatus.SHIPPED)
     if reservation.status == ReservationStatus.RESERVED:
-        return ShipAction.SHIP_HELD
+        return ShipAction.SET_ASIDE if location_kind == Kind.STORE else ShipAction.SHIP_HELD
     return ShipAction.RETAKE
+
+
+def check_collect(shipment: Shipment, pickup_code: str, expected_code: str) -> None:
+    """Only a shipment waiting at the counter is collected, and only with its code."""
+    if shipment.status != "READY_FOR_PICKUP":
+        raise FailedPrecondition(f"shipment {shipment.shipment_id!r} is {shipment.status}, not waiting for pickup",
+                                 reason=f"SHIPMENT_{shipment.status}",
+                                 metadata={"shipment_id": shipment.shipment_id, "status": shipment.status})
+    if not hmac.compare_digest(pickup_code.encode(), expected_code.encode()):
+        raise InvalidArgument.field("pickup_code", "does not match the shipment's pickup code")
 
 
 def retake_order(reservation: Reservation, cloud_warehouses: Iterable[str]) -> list[str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
+from dataclasses import replace
 from datetime import datetime
 
 from omo.orders.v1 import events_pb2 as orders_events
@@ -15,10 +17,19 @@ from services.runtime.ids import derived_id
 from services.runtime.timestamps import now
 
 from . import domain
-from .messages import RESERVATION_RELEASED, SHIPMENT_DISPATCHED, reservation_released, shipment_dispatched
+from .messages import (
+    RESERVATION_RELEASED,
+    SHIPMENT_DISPATCHED,
+    SHIPMENT_READY_FOR_PICKUP,
+    ready_for_pickup,
+    reservation_released,
+    shipment_dispatched,
+)
 from .store import WarehouseStore
 
 _log = log.get(__name__)
+# Six digits, read out or scanned at the counter.
+PICKUP_CODE_DIGITS = 6
 
 
 class OrderPaidHandler:
@@ -37,7 +48,7 @@ class OrderPaidHandler:
         if found is None:
             raise FailedPrecondition(f"paid order {order.order_id!r} has no reservation",
                                      reason="RESERVATION_NOT_FOUND", metadata={"order_id": order.order_id})
-        reservation, shipped = found
+        reservation, shipped = found.reservation, found.shipped
         if order.reservation_id and order.reservation_id != reservation.reservation_id:
             raise FailedPrecondition(
                 f"paid order {order.order_id!r} names reservation {order.reservation_id!r}, "
@@ -45,8 +56,17 @@ class OrderPaidHandler:
                 reason="RESERVATION_MISMATCH",
                 metadata={"order_id": order.order_id, "reservation_id": reservation.reservation_id},
             )
-        action = domain.ship_action(reservation, shipped)
+        action = domain.ship_action(reservation, shipped, found.location_kind)
         if action is domain.ShipAction.ALREADY_SHIPPED:
+            return
+        if action is domain.ShipAction.SET_ASIDE:
+            ready = replace(self._shipment(reservation, reservation.warehouse_id, None), status="READY_FOR_PICKUP",
+                            ready_at=now())
+            # Random, not derived: only the consumer (through orders) learns it. A redelivery finds the
+            # shipment made and stops above, so the code is drawn once.
+            code = f"{secrets.randbelow(10**PICKUP_CODE_DIGITS):0{PICKUP_CODE_DIGITS}d}"
+            await self.store.set_aside(conn, reservation, ready, code)
+            await outbox.add(conn, SHIPMENT_READY_FOR_PICKUP, ready_for_pickup(ready, found.location_store_id, code))
             return
         dispatched_at = now()
         if action is domain.ShipAction.SHIP_HELD:
@@ -73,7 +93,8 @@ class OrderPaidHandler:
         )
 
     @staticmethod
-    def _shipment(reservation: domain.Reservation, warehouse_id: str, dispatched_at: datetime) -> domain.Shipment:
+    def _shipment(reservation: domain.Reservation, warehouse_id: str,
+                  dispatched_at: datetime | None) -> domain.Shipment:
         # Derived id: a retried delivery computes the same shipment, and the unique keys catch a second one.
         return domain.Shipment(derived_id("shp", reservation.order_id, warehouse_id), reservation.order_id,
                                warehouse_id, reservation.reservation_id, reservation.lines, dispatched_at)
@@ -91,7 +112,7 @@ class OrderCancelledHandler:
         found = await self.store.reservation_for_order(conn, event.order_id)
         if found is None:
             return
-        reservation, _ = found
+        reservation = found.reservation
         if reservation.status == domain.ReservationStatus.RELEASED:
             return
         domain.check_transition(reservation, domain.ReservationStatus.RELEASED)

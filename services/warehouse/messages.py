@@ -13,11 +13,13 @@ from . import domain, routing
 
 RESERVATION_RELEASED = "warehouse.reservation.released"
 SHIPMENT_DISPATCHED = "warehouse.shipment.dispatched"
+SHIPMENT_READY_FOR_PICKUP = "warehouse.shipment.ready_for_pickup"
 
 _STATUS = {
     domain.ReservationStatus.RESERVED: pb.RESERVATION_STATUS_RESERVED,
     domain.ReservationStatus.RELEASED: pb.RESERVATION_STATUS_RELEASED,
     domain.ReservationStatus.SHIPPED: pb.RESERVATION_STATUS_SHIPPED,
+    domain.ReservationStatus.CONFIRMED: pb.RESERVATION_STATUS_CONFIRMED,
 }
 _REASON = {
     domain.MovementReason.RECEIPT: pb.MOVEMENT_REASON_RECEIPT,
@@ -58,10 +60,20 @@ def reservation_pb(r: domain.Reservation) -> pb.Reservation:
                           expires_at=to_proto(r.expires_at))
 
 
+_SHIPMENT_STATUS = {"DISPATCHED": pb.SHIPMENT_STATUS_DISPATCHED,
+                    "READY_FOR_PICKUP": pb.SHIPMENT_STATUS_READY_FOR_PICKUP}
+
+
 def shipment_pb(s: domain.Shipment) -> pb.Shipment:
     return pb.Shipment(shipment_id=s.shipment_id, order_id=s.order_id, warehouse_id=s.warehouse_id,
-                       status=pb.SHIPMENT_STATUS_DISPATCHED, lines=lines_pb(s.lines),
-                       dispatched_at=to_proto(s.dispatched_at))
+                       status=_SHIPMENT_STATUS[s.status], lines=lines_pb(s.lines),
+                       dispatched_at=to_proto(s.dispatched_at), ready_at=to_proto(s.ready_at))
+
+
+def ready_for_pickup(s: domain.Shipment, store_id: str, pickup_code: str) -> ev.ShipmentReadyForPickup:
+    return ev.ShipmentReadyForPickup(shipment_id=s.shipment_id, order_id=s.order_id, warehouse_id=s.warehouse_id,
+                                     store_id=store_id, pickup_code=pickup_code, lines=lines_pb(s.lines),
+                                     ready_at=to_proto(s.ready_at))
 
 
 def movement_pb(m: domain.Movement) -> pb.Movement:

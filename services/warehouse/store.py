@@ -171,6 +171,55 @@ _BOOK = text("""
     SELECT warehouse_id, sku_id, on_hand, reserved FROM level
 """)
 
+# RESERVED -> CONFIRMED with a shipment waiting at the store's counter; the units stay held.
+_SET_ASIDE = text(f"""
+    WITH {_LINES},
+    changed AS (
+        UPDATE reservations SET status = 'CONFIRMED', expires_at = NULL, updated_at = now()
+        WHERE reservation_id = :rid AND status = 'RESERVED'
+        RETURNING 1
+    ),
+    shipment AS (
+        INSERT INTO shipments (shipment_id, order_id, warehouse_id, reservation_id, status, pickup_code, ready_at)
+        SELECT :sid, :order_id, :w, :rid, 'READY_FOR_PICKUP', :code, CAST(:at AS timestamptz) FROM changed
+        RETURNING 1
+    ),
+    ready_lines AS (
+        INSERT INTO shipment_lines (shipment_id, sku_id, quantity)
+        SELECT :sid, l.sku_id, l.quantity FROM lines l WHERE EXISTS (SELECT 1 FROM shipment)
+    )
+    SELECT (SELECT count(*) FROM changed) AS reservations
+""")
+
+# READY_FOR_PICKUP -> DISPATCHED: the consumer took the goods; they leave the store's stock.
+_COLLECT = text("""
+    WITH lines AS (SELECT sku_id, quantity FROM shipment_lines WHERE shipment_id = :sid),
+    locked AS MATERIALIZED (
+        SELECT s.sku_id, l.quantity FROM stock s JOIN lines l ON l.sku_id = s.sku_id
+        WHERE s.warehouse_id = :w ORDER BY s.sku_id FOR UPDATE OF s
+    ),
+    taken AS (
+        UPDATE stock s SET on_hand = s.on_hand - k.quantity, reserved = s.reserved - k.quantity, updated_at = now()
+        FROM locked k
+        WHERE s.warehouse_id = :w AND s.sku_id = k.sku_id AND s.reserved >= k.quantity
+        RETURNING s.sku_id, k.quantity
+    ),
+    moved AS (
+        INSERT INTO movements (warehouse_id, sku_id, on_hand_delta, reserved_delta, reason, reference_id)
+        SELECT :w, sku_id, -quantity, -quantity, 'shipment', :sid FROM taken ORDER BY sku_id
+    ),
+    collected AS (
+        UPDATE shipments SET status = 'DISPATCHED', dispatched_at = CAST(:at AS timestamptz)
+        WHERE shipment_id = :sid AND status = 'READY_FOR_PICKUP'
+    ),
+    changed AS (
+        UPDATE reservations SET status = 'SHIPPED', updated_at = now()
+        WHERE reservation_id = :rid AND status = 'CONFIRMED'
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM taken) AS lines, (SELECT count(*) FROM changed) AS reservations
+""")
+
 # SQLSTATEs worth one more try: another transaction won a lock cycle or a serialization race.
 _RETRYABLE = {"40P01", "40001"}
 _LOCK_TIMEOUT = "55P03"
@@ -362,13 +411,46 @@ class WarehouseStore:
         row = (await conn.execute(text(sql), {"id": reservation_id})).first()
         return _reservation(row) if row else None
 
-    async def reservation_for_order(self, conn: AsyncConnection, order_id: str) -> tuple[Reservation, bool] | None:
-        """The order's reservation, locked against concurrent shipping or release, and whether the order has
-        a shipment already."""
+    async def reservation_for_order(self, conn: AsyncConnection, order_id: str) -> HeldFor | None:
+        """The order's reservation, locked against concurrent shipping or release, whether the order has a
+        shipment already, and what kind of location holds it (and whose store, for store stock)."""
         sql = (f"SELECT {_RESERVATION_COLS}, EXISTS (SELECT 1 FROM shipments s WHERE s.order_id = r.order_id) "
-               "AS shipped FROM reservations r WHERE r.order_id = :o FOR UPDATE OF r")
+               "AS shipped, h.kind AS location_kind, h.store_id AS location_store_id "
+               "FROM reservations r JOIN warehouses h ON h.warehouse_id = r.warehouse_id "
+               "WHERE r.order_id = :o FOR UPDATE OF r")
         row = (await conn.execute(text(sql), {"o": order_id})).first()
-        return (_reservation(row), row.shipped) if row else None
+        return HeldFor(_reservation(row), row.shipped, row.location_kind, row.location_store_id) if row else None
+
+    async def set_aside(self, conn: AsyncConnection, reservation: Reservation, shipment: Shipment,
+                        pickup_code: str) -> None:
+        """RESERVED -> CONFIRMED (no longer expires) with a READY_FOR_PICKUP shipment; the units stay held."""
+        row = (await conn.execute(_SET_ASIDE, {**_split(shipment.lines), "rid": reservation.reservation_id,
+                                               "sid": shipment.shipment_id, "order_id": shipment.order_id,
+                                               "w": shipment.warehouse_id, "code": pickup_code,
+                                               "at": shipment.ready_at})).one()
+        if row.reservations != 1:
+            raise RuntimeError(f"reservation {reservation.reservation_id} changed under its row lock")
+
+    async def pickup(self, conn: AsyncConnection, shipment_id: str) -> tuple[Shipment, str] | None:
+        """A shipment with its pickup code, its reservation and itself locked (reservation first, as on every
+        other path)."""
+        row = (await conn.execute(text(
+            "SELECT sh.shipment_id, sh.pickup_code FROM shipments sh JOIN reservations r "
+            "ON r.reservation_id = sh.reservation_id WHERE sh.shipment_id = :sid FOR UPDATE OF r, sh"),
+            {"sid": shipment_id})).first()
+        if row is None:
+            return None
+        found = await self.shipment(conn, shipment_id)
+        assert found is not None
+        return found, row.pickup_code or ""
+
+    async def collect(self, conn: AsyncConnection, shipment: Shipment, at: datetime) -> None:
+        """READY_FOR_PICKUP -> DISPATCHED: the held units leave the store's stock (shipment movements)."""
+        row = (await conn.execute(_COLLECT, {"sid": shipment.shipment_id, "w": shipment.warehouse_id,
+                                             "rid": shipment.reservation_id, "at": at})).one()
+        if row.lines != len(shipment.lines) or row.reservations != 1:
+            raise RuntimeError(f"collecting shipment {shipment.shipment_id} changed {row.lines} stock rows and "
+                               f"{row.reservations} reservations")
 
     async def release(self, conn: AsyncConnection, reservation: Reservation, reason: str) -> None:
         row = (await conn.execute(_RELEASE, {**_split(reservation.lines), "w": reservation.warehouse_id,
@@ -389,24 +471,42 @@ class WarehouseStore:
         return True
 
     async def shipments(self, conn: AsyncConnection, order_id: str) -> list[Shipment]:
-        rows = await conn.execute(
-            text("SELECT s.shipment_id, s.order_id, s.warehouse_id, s.reservation_id, s.status, s.dispatched_at, "
-                 "ARRAY(SELECT l.sku_id FROM shipment_lines l WHERE l.shipment_id = s.shipment_id "
-                 "      ORDER BY l.sku_id) AS skus, "
-                 "ARRAY(SELECT l.quantity FROM shipment_lines l WHERE l.shipment_id = s.shipment_id "
-                 "      ORDER BY l.sku_id) AS quantities "
-                 "FROM shipments s WHERE s.order_id = :o ORDER BY s.shipment_id"),
-            {"o": order_id},
-        )
-        return [Shipment(r.shipment_id, r.order_id, r.warehouse_id, r.reservation_id,
-                         tuple(Line(s, q) for s, q in zip(r.skus, r.quantities, strict=True)),
-                         r.dispatched_at, r.status) for r in rows]
+        rows = await conn.execute(text(_SHIPMENTS + "WHERE s.order_id = :o ORDER BY s.shipment_id"), {"o": order_id})
+        return [_shipment(r) for r in rows]
+
+    async def shipment(self, conn: AsyncConnection, shipment_id: str) -> Shipment | None:
+        row = (await conn.execute(text(_SHIPMENTS + "WHERE s.shipment_id = :s"), {"s": shipment_id})).first()
+        return _shipment(row) if row else None
 
 
     async def shipments_locked(self, conn: AsyncConnection, order_id: str) -> list[Shipment]:
         await conn.execute(text("SELECT 1 FROM shipments WHERE order_id = :o ORDER BY shipment_id FOR UPDATE"),
                            {"o": order_id})
         return await self.shipments(conn, order_id)
+
+
+_SHIPMENTS = """
+    SELECT s.shipment_id, s.order_id, s.warehouse_id, s.reservation_id, s.status, s.dispatched_at, s.ready_at,
+           ARRAY(SELECT l.sku_id FROM shipment_lines l WHERE l.shipment_id = s.shipment_id ORDER BY l.sku_id) AS skus,
+           ARRAY(SELECT l.quantity FROM shipment_lines l WHERE l.shipment_id = s.shipment_id
+                 ORDER BY l.sku_id) AS quantities
+    FROM shipments s """
+
+
+@dataclass(frozen=True)
+class HeldFor:
+    """An order's reservation as the order-paid consumer sees it."""
+
+    reservation: Reservation
+    shipped: bool
+    location_kind: str
+    location_store_id: str
+
+
+def _shipment(r) -> Shipment:  # type: ignore[no-untyped-def]
+    return Shipment(r.shipment_id, r.order_id, r.warehouse_id, r.reservation_id,
+                    tuple(Line(s, q) for s, q in zip(r.skus, r.quantities, strict=True)), r.dispatched_at, r.status,
+                    r.ready_at)
 
 
 def _warehouse(row) -> Warehouse:  # type: ignore[no-untyped-def]

@@ -12,8 +12,10 @@ from omo.orders.v1 import orders_pb2 as pb
 from omo.warehouse.v1 import warehouse_pb2 as wh
 
 from ..support import bad_request_fields, error_info, key
+from .test_flow import eventually
 from .test_order_lifecycle import dispatched, pay
 from .test_orders import place_request
+from .test_warehouse import assert_ledger_matches
 
 SHANGHAI = wh.GeoPoint(latitude=31.23, longitude=121.47)
 
@@ -155,3 +157,46 @@ def test_express_needs_to_know_where_the_consumer_is(clients, world):
     with pytest.raises(grpc.RpcError) as err:
         clients.orders.PlaceOrder(request)
     assert (err.value.code(), bad_request_fields(err.value)) == (grpc.StatusCode.INVALID_ARGUMENT, ["deliver_to"])
+
+
+def test_a_pickup_order_waits_at_the_store_until_collected_with_its_code(clients, world):
+    sku = world.new_sku(stock=0)
+    counter = place(clients, wh.WAREHOUSE_KIND_STORE, 31.20, 121.44, store_id=world.store.store_id)
+    stock(clients, counter, sku.sku_id, 3)
+    request = place_request(world, [(sku, 2)])
+    request.fulfilment_mode = pb.FULFILMENT_MODE_STORE_PICKUP
+    request.deliver_to.CopyFrom(pb.GeoPoint(latitude=SHANGHAI.latitude, longitude=SHANGHAI.longitude))
+    order = clients.orders.PlaceOrder(request).order
+    assert (order.fulfilment_mode, order.warehouse_id) == (pb.FULFILMENT_MODE_STORE_PICKUP, counter.warehouse_id)
+    pay(clients, order)
+    ready = eventually(lambda: clients.orders.GetOrder(pb.GetOrderRequest(order_id=order.order_id)).order,
+                       lambda o: o.pickup_code, "the pickup code")
+    assert ready.status == pb.ORDER_STATUS_PAID and len(ready.pickup_code) == 6
+    [waiting] = clients.warehouse.ListShipments(wh.ListShipmentsRequest(order_id=order.order_id)).shipments
+    assert (waiting.status, waiting.warehouse_id) == (wh.SHIPMENT_STATUS_READY_FOR_PICKUP, counter.warehouse_id)
+    assert not waiting.HasField("dispatched_at")
+    held = clients.warehouse.GetReservation(wh.GetReservationRequest(reservation_id=order.reservation_id))
+    assert held.reservation.status == wh.RESERVATION_STATUS_CONFIRMED
+    lv = next(lv for lv in clients.warehouse.GetStock(wh.GetStockRequest(sku_id=sku.sku_id)).levels
+              if lv.warehouse_id == counter.warehouse_id)
+    assert (lv.on_hand, lv.reserved) == (3, 2)  # still on the shelf, set aside
+
+    wrong = "000000" if ready.pickup_code != "000000" else "111111"
+    with pytest.raises(grpc.RpcError) as err:
+        clients.warehouse.CollectPickup(wh.CollectPickupRequest(
+            idempotency_key=key(), shipment_id=waiting.shipment_id, pickup_code=wrong))
+    assert (err.value.code(), bad_request_fields(err.value)) == (grpc.StatusCode.INVALID_ARGUMENT, ["pickup_code"])
+    collect = wh.CollectPickupRequest(idempotency_key=key(), shipment_id=waiting.shipment_id,
+                                      pickup_code=ready.pickup_code)
+    picked = clients.warehouse.CollectPickup(collect).shipment
+    assert picked.status == wh.SHIPMENT_STATUS_DISPATCHED and picked.HasField("dispatched_at")
+    assert clients.warehouse.CollectPickup(collect).shipment == picked  # a retry answers the same
+    with pytest.raises(grpc.RpcError) as err:
+        clients.warehouse.CollectPickup(wh.CollectPickupRequest(
+            idempotency_key=key(), shipment_id=waiting.shipment_id, pickup_code=ready.pickup_code))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert dispatched(clients, order.order_id).shipment_id == waiting.shipment_id
+    lv = next(lv for lv in clients.warehouse.GetStock(wh.GetStockRequest(sku_id=sku.sku_id)).levels
+              if lv.warehouse_id == counter.warehouse_id)
+    assert (lv.on_hand, lv.reserved) == (1, 0)
+    assert_ledger_matches(clients, counter.warehouse_id, sku.sku_id)

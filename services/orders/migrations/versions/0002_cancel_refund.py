@@ -45,8 +45,9 @@ def upgrade() -> None:
         )""")
     op.execute("CREATE INDEX refunds_by_order ON refunds (order_id)")
     op.execute("ALTER TABLE orders ADD COLUMN fulfilment_mode text NOT NULL DEFAULT 'CLOUD_SHIPPING' "
-               "CHECK (fulfilment_mode IN ('CLOUD_SHIPPING', 'EXPRESS_3H'))")
+               "CHECK (fulfilment_mode IN ('CLOUD_SHIPPING', 'EXPRESS_3H', 'STORE_PICKUP'))")
     op.execute("ALTER TABLE orders ADD COLUMN warehouse_id text NOT NULL DEFAULT ''")
+    op.execute("ALTER TABLE orders ADD COLUMN pickup_code text NOT NULL DEFAULT ''")
     # The sweeper's queue: only unpaid orders are in it.
     op.execute("CREATE INDEX orders_awaiting_payment ON orders (created_at) WHERE status = 'PENDING_PAYMENT'")
     # ListOrders pages newest first through one party's orders.
@@ -64,7 +65,7 @@ def downgrade() -> None:
         op.execute(f"ALTER TABLE order_lines DROP COLUMN {column}")
     for constraint in ("cancelled_has_time", "refunds_within_payable"):
         op.execute(f"ALTER TABLE orders DROP CONSTRAINT {constraint}")
-    for column in ("warehouse_id", "fulfilment_mode", "refunded_fen", "cancel_reason", "cancelled_at"):
+    for column in ("pickup_code", "warehouse_id", "fulfilment_mode", "refunded_fen", "cancel_reason", "cancelled_at"):
         op.execute(f"ALTER TABLE orders DROP COLUMN {column}")
     op.execute("ALTER TABLE orders DROP CONSTRAINT paid_has_payment")
     op.execute("ALTER TABLE orders ADD CONSTRAINT paid_has_payment "

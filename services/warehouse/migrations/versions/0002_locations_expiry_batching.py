@@ -183,9 +183,33 @@ def upgrade() -> None:
     op.execute("CREATE INDEX reservations_expiring ON reservations (expires_at) WHERE status = 'RESERVED'")
     op.execute(_RESERVE_ONE)
     op.execute(_RESERVE_BATCH)
+    # Store pickup: a paid order's hold is CONFIRMED (it no longer expires) and its shipment waits at the
+    # counter, READY_FOR_PICKUP with a pickup code, until the consumer collects it.
+    op.execute("ALTER TABLE reservations DROP CONSTRAINT reservations_status_check")
+    op.execute("ALTER TABLE reservations ADD CONSTRAINT reservations_status_check "
+               "CHECK (status IN ('RESERVED', 'RELEASED', 'SHIPPED', 'CONFIRMED'))")
+    op.execute("ALTER TABLE shipments DROP CONSTRAINT shipments_status_check")
+    op.execute("ALTER TABLE shipments ADD CONSTRAINT shipments_status_check "
+               "CHECK (status IN ('DISPATCHED', 'READY_FOR_PICKUP'))")
+    op.execute("ALTER TABLE shipments ALTER COLUMN dispatched_at DROP NOT NULL")
+    op.execute("ALTER TABLE shipments ADD COLUMN pickup_code text")
+    op.execute("ALTER TABLE shipments ADD COLUMN ready_at timestamptz")
+    op.execute("ALTER TABLE shipments ADD CONSTRAINT dispatched_has_time "
+               "CHECK (status <> 'DISPATCHED' OR dispatched_at IS NOT NULL)")
+    op.execute("ALTER TABLE shipments ADD CONSTRAINT pickup_has_code "
+               "CHECK (status <> 'READY_FOR_PICKUP' OR (pickup_code IS NOT NULL AND ready_at IS NOT NULL))")
 
 
 def downgrade() -> None:
+    for constraint in ("pickup_has_code", "dispatched_has_time", "shipments_status_check"):
+        op.execute(f"ALTER TABLE shipments DROP CONSTRAINT {constraint}")
+    op.execute("ALTER TABLE shipments DROP COLUMN ready_at")
+    op.execute("ALTER TABLE shipments DROP COLUMN pickup_code")
+    op.execute("ALTER TABLE shipments ALTER COLUMN dispatched_at SET NOT NULL")
+    op.execute("ALTER TABLE shipments ADD CONSTRAINT shipments_status_check CHECK (status IN ('DISPATCHED'))")
+    op.execute("ALTER TABLE reservations DROP CONSTRAINT reservations_status_check")
+    op.execute("ALTER TABLE reservations ADD CONSTRAINT reservations_status_check "
+               "CHECK (status IN ('RESERVED', 'RELEASED', 'SHIPPED'))")
     op.execute("DROP FUNCTION reserve_batch(text[], text[], text[], bytea[], text[], bigint[], double precision[])")
     op.execute("DROP FUNCTION reserve_one(text, text, text, bytea, text[], bigint[], double precision, text)")
     op.execute("DROP INDEX reservations_expiring")
