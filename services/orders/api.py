@@ -56,6 +56,7 @@ def order_pb(o: domain.Order) -> pb.Order:
         fulfilment_mode=pb.FulfilmentMode.Value(f"FULFILMENT_MODE_{o.fulfilment_mode}"),
         warehouse_id=o.warehouse_id,
         pickup_code=o.pickup_code,
+        delivered_at=timestamps.to_proto(o.delivered_at),
     )
 
 

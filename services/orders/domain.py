@@ -22,6 +22,7 @@ class Status(enum.StrEnum):
     CANCELLED = "CANCELLED"
     PARTIALLY_REFUNDED = "PARTIALLY_REFUNDED"
     REFUNDED = "REFUNDED"
+    DELIVERED = "DELIVERED"
 
 
 class Fulfilment(enum.StrEnum):
@@ -58,7 +59,12 @@ ALLOWED_TRANSITIONS: frozenset[tuple[Status, Status]] = frozenset({
     (Status.DISPATCHED, Status.REFUNDED),
     (Status.PARTIALLY_REFUNDED, Status.PARTIALLY_REFUNDED),
     (Status.PARTIALLY_REFUNDED, Status.REFUNDED),
+    (Status.DISPATCHED, Status.DELIVERED),
+    (Status.DELIVERED, Status.PARTIALLY_REFUNDED),
+    (Status.DELIVERED, Status.REFUNDED),
 })
+# Refunds follow dispatch; a delivery after a refund is recorded (delivered_at) without undoing the refund.
+REFUNDABLE = frozenset({Status.DISPATCHED, Status.DELIVERED, Status.PARTIALLY_REFUNDED})
 
 
 def check_transition(current: Status, target: Status) -> None:
@@ -157,6 +163,7 @@ class Order:
     fulfilment_mode: Fulfilment = Fulfilment.CLOUD_SHIPPING
     warehouse_id: str = ""
     pickup_code: str = ""
+    delivered_at: datetime | None = None
 
 
 # -- placing ----------------------------------------------------------------------------------------------
@@ -319,7 +326,7 @@ def refund(order: Order, provider_refund_id: str, requested: Sequence[tuple[str,
     """Refund units by line. Empty `requested` refunds every unit not refunded yet. Amounts are exact: a line's
     paid amount is its total less its discount share, and its refunds add up to exactly that once every unit
     is back."""
-    if order.status not in (Status.DISPATCHED, Status.PARTIALLY_REFUNDED):
+    if order.status not in REFUNDABLE:
         check_transition(order.status, Status.REFUNDED)  # raises: refunds come after dispatch
     by_sku = {line.sku_id: i for i, line in enumerate(order.lines)}
     wanted: dict[int, int] = {}
@@ -359,6 +366,17 @@ def refund(order: Order, provider_refund_id: str, requested: Sequence[tuple[str,
     updated = replace(order, status=target, lines=tuple(new_lines),
                       refunded_fen=order.refunded_fen + result.amount_fen)
     return result, updated
+
+
+def deliver(order: Order, at: datetime) -> Order | None:
+    """The carrier delivered. DISPATCHED -> DELIVERED; an order refunded meanwhile keeps its refund status and
+    records the time only. None if the delivery was recorded already (a redelivery)."""
+    if order.delivered_at is not None:
+        return None
+    if order.status in (Status.PARTIALLY_REFUNDED, Status.REFUNDED):
+        return replace(order, delivered_at=at)
+    check_transition(order.status, Status.DELIVERED)
+    return replace(order, status=Status.DELIVERED, delivered_at=at)
 
 
 # -- reading ----------------------------------------------------------------------------------------------

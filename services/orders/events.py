@@ -49,3 +49,21 @@ def on_ready_for_pickup(store: OrderStore) -> Handler:
             await store.record_pickup_code(conn, ready)
 
     return handle
+
+
+def on_shipment_delivered(store: OrderStore) -> Handler:
+    """The carrier delivered: DISPATCHED -> DELIVERED (a refunded order records the time only). An order not
+    dispatched yet fails the message, which is retried: the dispatch event may simply not have been handled
+    yet."""
+
+    async def handle(conn: AsyncConnection, event: wh_events.ShipmentDelivered, delivery: Delivery) -> None:
+        order = await store.order(conn, event.order_id, lock=True)
+        if order is None:
+            raise NotFound("order", event.order_id)
+        at = event.delivered_at.ToDatetime(tzinfo=UTC) if event.HasField("delivered_at") else \
+            datetime.fromtimestamp(delivery.created_ms / 1000, UTC)
+        delivered = domain.deliver(order, at)
+        if delivered is not None:
+            await store.record_delivery(conn, order, delivered)
+
+    return handle

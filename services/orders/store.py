@@ -21,7 +21,7 @@ _ORDER_COLS = (
 _LINE_COLS = "sku_id, name, quantity, unit_price_fen, unit_supply_price_fen, line_total_fen"
 # Read back with what happened after placing (cancel, refunds); placing writes only the columns above.
 _ORDER_READ_COLS = (_ORDER_COLS + ", cancelled_at, cancel_reason, refunded_fen, fulfilment_mode, warehouse_id, "
-                    "pickup_code")
+                    "pickup_code, delivered_at")
 _LINE_READ_COLS = _LINE_COLS + ", refunded_quantity, refunded_fen"
 
 # The order and its lines in one statement: one round trip on the hot path. A conflict on order_id (a retry
@@ -105,7 +105,7 @@ def _order(row) -> Order:  # type: ignore[no-untyped-def]
         payment_txn_id=row.payment_txn_id or "", paid_at=row.paid_at, shipment_id=row.shipment_id or "",
         dispatched_at=row.dispatched_at, cancelled_at=row.cancelled_at, cancel_reason=row.cancel_reason,
         refunded_fen=row.refunded_fen, fulfilment_mode=Fulfilment(row.fulfilment_mode), warehouse_id=row.warehouse_id,
-        pickup_code=row.pickup_code,
+        pickup_code=row.pickup_code, delivered_at=row.delivered_at,
     )
 
 
@@ -181,6 +181,15 @@ class OrderStore:
             {"code": order.pickup_code, "id": order.order_id})
         if updated.rowcount != 1:
             raise RuntimeError(f"order {order.order_id} changed under its row lock")
+
+    async def record_delivery(self, conn: AsyncConnection, before: Order, delivered: Order) -> None:
+        updated = await conn.execute(
+            text("UPDATE orders SET status = :to, delivered_at = :at WHERE order_id = :id AND status = :from "
+                 "AND delivered_at IS NULL"),
+            {"to": str(delivered.status), "at": delivered.delivered_at, "id": delivered.order_id,
+             "from": str(before.status)})
+        if updated.rowcount != 1:
+            raise RuntimeError(f"order {delivered.order_id} changed under its row lock")
 
     async def record_cancel(self, conn: AsyncConnection, cancelled: Order) -> None:
         updated = await conn.execute(

@@ -41,6 +41,8 @@ async def wire(rt: Runtime) -> Wiring:
                          wh_events.ShipmentDispatched, events.on_shipment_dispatched(store)),
             Subscription("orders-shipment-ready", "WAREHOUSE", "warehouse.shipment.ready_for_pickup",
                          wh_events.ShipmentReadyForPickup, events.on_ready_for_pickup(store)),
+            Subscription("orders-shipment-delivered", "WAREHOUSE", "warehouse.shipment.delivered",
+                         wh_events.ShipmentDelivered, events.on_shipment_delivered(store)),
         ],
         jobs=[UnpaidOrderSweeper(rt.engine, store, window_s, sweep_s).run],
     )

@@ -22,12 +22,14 @@ from .messages import (
     KINDS,
     MODES,
     RESERVATION_RELEASED,
+    SHIPMENT_DELIVERED,
     SHIPMENT_DISPATCHED,
     level_pb,
     movement_pb,
     plan_pb,
     reservation_pb,
     reservation_released,
+    shipment_delivered,
     shipment_dispatched,
     shipment_pb,
     warehouse_pb,
@@ -241,6 +243,20 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
 
         return await retry_conflicts(lambda: run_idempotent(
             self.engine, "CollectPickup", request.idempotency_key, request, pb.CollectPickupResponse, effect))
+
+    async def RecordDelivery(self, request: pb.RecordDeliveryRequest, context) -> pb.RecordDeliveryResponse:
+        async def effect(conn: AsyncConnection) -> pb.RecordDeliveryResponse:
+            shipment = await self.store.shipment_locked(conn, request.shipment_id)
+            if shipment is None:
+                raise NotFound("shipment", request.shipment_id)
+            domain.check_delivery(shipment)
+            delivered = replace(shipment, status="DELIVERED", delivered_at=now())
+            await self.store.deliver(conn, delivered)
+            await outbox.add(conn, SHIPMENT_DELIVERED, shipment_delivered(delivered))
+            return pb.RecordDeliveryResponse(shipment=shipment_pb(delivered))
+
+        return await run_idempotent(self.engine, "RecordDelivery", request.idempotency_key, request,
+                                    pb.RecordDeliveryResponse, effect)
 
     async def ListMovements(self, request: pb.ListMovementsRequest, context) -> pb.ListMovementsResponse:
         after = domain.page_after(request.page_token)

@@ -156,6 +156,7 @@ class Shipment:
     dispatched_at: datetime | None
     status: str = "DISPATCHED"
     ready_at: datetime | None = None
+    delivered_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -270,6 +271,14 @@ def ship_action(reservation: Reservation, shipped: bool, location_kind: str = Ki
     if reservation.status == ReservationStatus.RESERVED:
         return ShipAction.SET_ASIDE if location_kind == Kind.STORE else ShipAction.SHIP_HELD
     return ShipAction.RETAKE
+
+
+def check_delivery(shipment: Shipment) -> None:
+    """Only a parcel on its way is delivered."""
+    if shipment.status != "DISPATCHED":
+        raise FailedPrecondition(f"shipment {shipment.shipment_id!r} is {shipment.status}, not on its way",
+                                 reason=f"SHIPMENT_{shipment.status}",
+                                 metadata={"shipment_id": shipment.shipment_id, "status": shipment.status})
 
 
 def check_collect(shipment: Shipment, pickup_code: str, expected_code: str) -> None:

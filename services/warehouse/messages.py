@@ -14,6 +14,7 @@ from . import domain, routing
 RESERVATION_RELEASED = "warehouse.reservation.released"
 SHIPMENT_DISPATCHED = "warehouse.shipment.dispatched"
 SHIPMENT_READY_FOR_PICKUP = "warehouse.shipment.ready_for_pickup"
+SHIPMENT_DELIVERED = "warehouse.shipment.delivered"
 
 _STATUS = {
     domain.ReservationStatus.RESERVED: pb.RESERVATION_STATUS_RESERVED,
@@ -61,13 +62,20 @@ def reservation_pb(r: domain.Reservation) -> pb.Reservation:
 
 
 _SHIPMENT_STATUS = {"DISPATCHED": pb.SHIPMENT_STATUS_DISPATCHED,
-                    "READY_FOR_PICKUP": pb.SHIPMENT_STATUS_READY_FOR_PICKUP}
+                    "READY_FOR_PICKUP": pb.SHIPMENT_STATUS_READY_FOR_PICKUP,
+                    "DELIVERED": pb.SHIPMENT_STATUS_DELIVERED}
 
 
 def shipment_pb(s: domain.Shipment) -> pb.Shipment:
     return pb.Shipment(shipment_id=s.shipment_id, order_id=s.order_id, warehouse_id=s.warehouse_id,
                        status=_SHIPMENT_STATUS[s.status], lines=lines_pb(s.lines),
-                       dispatched_at=to_proto(s.dispatched_at), ready_at=to_proto(s.ready_at))
+                       dispatched_at=to_proto(s.dispatched_at), ready_at=to_proto(s.ready_at),
+                       delivered_at=to_proto(s.delivered_at))
+
+
+def shipment_delivered(s: domain.Shipment) -> ev.ShipmentDelivered:
+    return ev.ShipmentDelivered(shipment_id=s.shipment_id, order_id=s.order_id, warehouse_id=s.warehouse_id,
+                                delivered_at=to_proto(s.delivered_at))
 
 
 def ready_for_pickup(s: domain.Shipment, store_id: str, pickup_code: str) -> ev.ShipmentReadyForPickup:

@@ -444,6 +444,18 @@ class WarehouseStore:
         assert found is not None
         return found, row.pickup_code or ""
 
+    async def shipment_locked(self, conn: AsyncConnection, shipment_id: str) -> Shipment | None:
+        await conn.execute(text("SELECT 1 FROM shipments WHERE shipment_id = :s FOR UPDATE"), {"s": shipment_id})
+        return await self.shipment(conn, shipment_id)
+
+    async def deliver(self, conn: AsyncConnection, shipment: Shipment) -> None:
+        updated = await conn.execute(
+            text("UPDATE shipments SET status = 'DELIVERED', delivered_at = :at "
+                 "WHERE shipment_id = :s AND status = 'DISPATCHED'"),
+            {"at": shipment.delivered_at, "s": shipment.shipment_id})
+        if updated.rowcount != 1:
+            raise RuntimeError(f"shipment {shipment.shipment_id} changed under its row lock")
+
     async def collect(self, conn: AsyncConnection, shipment: Shipment, at: datetime) -> None:
         """READY_FOR_PICKUP -> DISPATCHED: the held units leave the store's stock (shipment movements)."""
         row = (await conn.execute(_COLLECT, {"sid": shipment.shipment_id, "w": shipment.warehouse_id,
@@ -487,6 +499,7 @@ class WarehouseStore:
 
 _SHIPMENTS = """
     SELECT s.shipment_id, s.order_id, s.warehouse_id, s.reservation_id, s.status, s.dispatched_at, s.ready_at,
+           s.delivered_at,
            ARRAY(SELECT l.sku_id FROM shipment_lines l WHERE l.shipment_id = s.shipment_id ORDER BY l.sku_id) AS skus,
            ARRAY(SELECT l.quantity FROM shipment_lines l WHERE l.shipment_id = s.shipment_id
                  ORDER BY l.sku_id) AS quantities
@@ -506,7 +519,7 @@ class HeldFor:
 def _shipment(r) -> Shipment:  # type: ignore[no-untyped-def]
     return Shipment(r.shipment_id, r.order_id, r.warehouse_id, r.reservation_id,
                     tuple(Line(s, q) for s, q in zip(r.skus, r.quantities, strict=True)), r.dispatched_at, r.status,
-                    r.ready_at)
+                    r.ready_at, r.delivered_at)
 
 
 def _warehouse(row) -> Warehouse:  # type: ignore[no-untyped-def]

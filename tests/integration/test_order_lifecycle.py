@@ -194,3 +194,44 @@ def test_returned_goods_go_back_into_the_stock_they_shipped_from(clients, world)
     assert [(m.on_hand_delta, m.reference_id) for m in returns] == [(2, returned.refund.provider_refund_id)]
     assert money_only.refund.provider_refund_id not in {m.reference_id for m in returns}
     assert_ledger_matches(clients, w, sku.sku_id)
+
+
+# -- delivery -----------------------------------------------------------------------------------------------
+def deliver(clients, shipment_id: str, k: str | None = None) -> wh.Shipment:
+    return clients.warehouse.RecordDelivery(wh.RecordDeliveryRequest(
+        idempotency_key=k or key(), shipment_id=shipment_id)).shipment
+
+
+def test_a_delivered_order_follows_its_shipment_and_can_still_be_refunded(clients, world):
+    sku = world.new_sku(stock=5)
+    order = clients.orders.PlaceOrder(place_request(world, [(sku, 2)])).order
+    pay(clients, order)
+    shipment_id = dispatched(clients, order.order_id).shipment_id
+    k = key()
+    done = deliver(clients, shipment_id, k)
+    assert done.status == wh.SHIPMENT_STATUS_DELIVERED and done.HasField("delivered_at")
+    assert deliver(clients, shipment_id, k) == done
+    err = refused(lambda s: deliver(clients, s), shipment_id)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    delivered = eventually(lambda: get(clients, order.order_id), lambda o: o.status == pb.ORDER_STATUS_DELIVERED,
+                           "the order to be delivered")
+    assert delivered.delivered_at == done.delivered_at
+    after = refund(clients, order.order_id, (sku.sku_id, 1))
+    assert after.order.status == pb.ORDER_STATUS_PARTIALLY_REFUNDED
+    assert after.order.delivered_at == done.delivered_at
+
+
+def test_a_delivery_after_a_full_refund_is_recorded_without_undoing_it(clients, world):
+    order = clients.orders.PlaceOrder(place_request(world, [(world.new_sku(stock=2), 1)])).order
+    pay(clients, order)
+    shipment_id = dispatched(clients, order.order_id).shipment_id
+    assert refund(clients, order.order_id).order.status == pb.ORDER_STATUS_REFUNDED
+    done = deliver(clients, shipment_id)
+    got = eventually(lambda: get(clients, order.order_id), lambda o: o.HasField("delivered_at"),
+                     "the delivery to be recorded")
+    assert (got.status, got.delivered_at) == (pb.ORDER_STATUS_REFUNDED, done.delivered_at)
+
+
+def test_delivering_an_unknown_shipment_is_not_found(clients):
+    err = refused(lambda s: deliver(clients, s), "shp_nope")
+    assert err.code() == grpc.StatusCode.NOT_FOUND

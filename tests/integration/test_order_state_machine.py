@@ -1,5 +1,5 @@
 """A hypothesis state machine over random sequences of receive / place (reserve) / expire / cancel / pay
-(ship) / refund (with or without returned goods) against the real services. After every step: stock is
+(ship) / deliver / refund (with or without returned goods) against the real services. After every step: stock is
 conserved (the levels equal the model and the ledger), and every order is in the state the rules allow, with
 refunds never exceeding what was paid."""
 
@@ -20,6 +20,7 @@ from .test_orders import place_request
 from .test_warehouse import assert_ledger_matches, level
 
 SWEPT = "payment window expired"
+REFUNDABLE = (pb.ORDER_STATUS_DISPATCHED, pb.ORDER_STATUS_DELIVERED, pb.ORDER_STATUS_PARTIALLY_REFUNDED)
 
 
 class OrderLife(RuleBasedStateMachine):
@@ -125,6 +126,26 @@ class OrderLife(RuleBasedStateMachine):
         self.reserved[sku_id] -= qty
 
     @precondition(lambda self: self.orders)
+    @rule(pick=st.integers(0, 10_000))
+    def deliver(self, pick: int) -> None:
+        order_id = sorted(self.orders)[pick % len(self.orders)]
+        status, *_ = self.orders[order_id]
+        shipments = self.clients.warehouse.ListShipments(wh.ListShipmentsRequest(order_id=order_id)).shipments
+        if not shipments:
+            assert status in (pb.ORDER_STATUS_PENDING_PAYMENT, pb.ORDER_STATUS_CANCELLED)
+            return
+        try:
+            self.clients.warehouse.RecordDelivery(wh.RecordDeliveryRequest(
+                idempotency_key=key(), shipment_id=shipments[0].shipment_id))
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err.details()
+            assert shipments[0].status == wh.SHIPMENT_STATUS_DELIVERED
+            return
+        eventually(lambda: get(self.clients, order_id), lambda o: o.HasField("delivered_at"), "the delivery")
+        if status == pb.ORDER_STATUS_DISPATCHED:
+            self.orders[order_id][0] = pb.ORDER_STATUS_DELIVERED
+
+    @precondition(lambda self: self.orders)
     @rule(pick=st.integers(0, 10_000), units=st.integers(1, 3), returned=st.booleans())
     def refund(self, pick: int, units: int, returned: bool) -> None:
         order_id = sorted(self.orders)[pick % len(self.orders)]
@@ -134,13 +155,13 @@ class OrderLife(RuleBasedStateMachine):
                 provider_refund_id=f"rf-{key()}", order_id=order_id, goods_returned=returned,
                 lines=[pb.RefundLineInput(sku_id=sku_id, quantity=units)]))
         except grpc.RpcError as err:
-            refundable = status in (pb.ORDER_STATUS_DISPATCHED, pb.ORDER_STATUS_PARTIALLY_REFUNDED)
+            refundable = status in REFUNDABLE
             if refundable:
                 assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and units > qty - refunded, err.details()
             else:
                 assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err.details()
             return
-        assert status in (pb.ORDER_STATUS_DISPATCHED, pb.ORDER_STATUS_PARTIALLY_REFUNDED)
+        assert status in REFUNDABLE
         refunded += units
         self.orders[order_id][0] = pb.ORDER_STATUS_REFUNDED if refunded == qty else \
             pb.ORDER_STATUS_PARTIALLY_REFUNDED

@@ -16,7 +16,7 @@ depends_on = None
 def upgrade() -> None:
     op.execute("ALTER TABLE orders DROP CONSTRAINT orders_status_check")
     op.execute("ALTER TABLE orders ADD CONSTRAINT orders_status_check CHECK (status IN "
-               "('PENDING_PAYMENT', 'PAID', 'DISPATCHED', 'CANCELLED', 'PARTIALLY_REFUNDED', 'REFUNDED'))")
+               "('PENDING_PAYMENT', 'PAID', 'DISPATCHED', 'CANCELLED', 'PARTIALLY_REFUNDED', 'REFUNDED', 'DELIVERED'))")
     # A cancelled order was never paid.
     op.execute("ALTER TABLE orders DROP CONSTRAINT paid_has_payment")
     op.execute("ALTER TABLE orders ADD CONSTRAINT paid_has_payment CHECK (status IN ('PENDING_PAYMENT', "
@@ -48,6 +48,7 @@ def upgrade() -> None:
                "CHECK (fulfilment_mode IN ('CLOUD_SHIPPING', 'EXPRESS_3H', 'STORE_PICKUP'))")
     op.execute("ALTER TABLE orders ADD COLUMN warehouse_id text NOT NULL DEFAULT ''")
     op.execute("ALTER TABLE orders ADD COLUMN pickup_code text NOT NULL DEFAULT ''")
+    op.execute("ALTER TABLE orders ADD COLUMN delivered_at timestamptz")
     # The sweeper's queue: only unpaid orders are in it.
     op.execute("CREATE INDEX orders_awaiting_payment ON orders (created_at) WHERE status = 'PENDING_PAYMENT'")
     # ListOrders pages newest first through one party's orders.
@@ -65,7 +66,8 @@ def downgrade() -> None:
         op.execute(f"ALTER TABLE order_lines DROP COLUMN {column}")
     for constraint in ("cancelled_has_time", "refunds_within_payable"):
         op.execute(f"ALTER TABLE orders DROP CONSTRAINT {constraint}")
-    for column in ("pickup_code", "warehouse_id", "fulfilment_mode", "refunded_fen", "cancel_reason", "cancelled_at"):
+    for column in ("delivered_at", "pickup_code", "warehouse_id", "fulfilment_mode", "refunded_fen",
+                   "cancel_reason", "cancelled_at"):
         op.execute(f"ALTER TABLE orders DROP COLUMN {column}")
     op.execute("ALTER TABLE orders DROP CONSTRAINT paid_has_payment")
     op.execute("ALTER TABLE orders ADD CONSTRAINT paid_has_payment "

@@ -190,12 +190,13 @@ def upgrade() -> None:
                "CHECK (status IN ('RESERVED', 'RELEASED', 'SHIPPED', 'CONFIRMED'))")
     op.execute("ALTER TABLE shipments DROP CONSTRAINT shipments_status_check")
     op.execute("ALTER TABLE shipments ADD CONSTRAINT shipments_status_check "
-               "CHECK (status IN ('DISPATCHED', 'READY_FOR_PICKUP'))")
+               "CHECK (status IN ('DISPATCHED', 'READY_FOR_PICKUP', 'DELIVERED'))")
+    op.execute("ALTER TABLE shipments ADD COLUMN delivered_at timestamptz")
     op.execute("ALTER TABLE shipments ALTER COLUMN dispatched_at DROP NOT NULL")
     op.execute("ALTER TABLE shipments ADD COLUMN pickup_code text")
     op.execute("ALTER TABLE shipments ADD COLUMN ready_at timestamptz")
     op.execute("ALTER TABLE shipments ADD CONSTRAINT dispatched_has_time "
-               "CHECK (status <> 'DISPATCHED' OR dispatched_at IS NOT NULL)")
+               "CHECK (status NOT IN ('DISPATCHED', 'DELIVERED') OR dispatched_at IS NOT NULL)")
     op.execute("ALTER TABLE shipments ADD CONSTRAINT pickup_has_code "
                "CHECK (status <> 'READY_FOR_PICKUP' OR (pickup_code IS NOT NULL AND ready_at IS NOT NULL))")
 
@@ -203,6 +204,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     for constraint in ("pickup_has_code", "dispatched_has_time", "shipments_status_check"):
         op.execute(f"ALTER TABLE shipments DROP CONSTRAINT {constraint}")
+    op.execute("ALTER TABLE shipments DROP COLUMN delivered_at")
     op.execute("ALTER TABLE shipments DROP COLUMN ready_at")
     op.execute("ALTER TABLE shipments DROP COLUMN pickup_code")
     op.execute("ALTER TABLE shipments ALTER COLUMN dispatched_at SET NOT NULL")
