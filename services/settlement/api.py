@@ -6,11 +6,12 @@ from omo.settlement.v1 import settlement_pb2 as pb
 from omo.settlement.v1 import settlement_pb2_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.runtime import reqctx
 from services.runtime.errors import NotFound, PermissionDenied
 from services.runtime.tenancy import require_party
 
 from . import domain
-from .messages import PURPOSE, party_of, party_pb, split_pb
+from .messages import PURPOSE, ledger_check_pb, party_of, party_pb, split_pb
 from .store import LedgerStore
 
 
@@ -20,6 +21,14 @@ def require_split_reader(split: domain.Split) -> None:
         require_party("dealer", split.dealer_id)
     except PermissionDenied:
         require_party("brand", split.brand_id)
+
+
+def require_internal(what: str) -> None:
+    """Operator-only reads: no tenant principal may make them."""
+    who = reqctx.principal()
+    if who is not None:
+        raise PermissionDenied(f"{who.kind} {who.ident!r} may not {what}", reason="OUTSIDE_TENANT",
+                               metadata={"principal": who.header()})
 
 
 class SettlementApi(settlement_pb2_grpc.SettlementServiceServicer):
@@ -46,3 +55,11 @@ class SettlementApi(settlement_pb2_grpc.SettlementServiceServicer):
             balances=[pb.AccountBalance(purpose=PURPOSE[purpose], balance_fen=balance)
                       for purpose, balance in sorted(balances.items(), key=lambda kv: PURPOSE[kv[0]])],
         )
+
+    async def VerifyLedger(self, request: pb.VerifyLedgerRequest, context) -> pb.VerifyLedgerResponse:
+        require_internal("verify the whole ledger")
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            async with conn.begin():
+                check = await self.store.verify(conn)
+        return ledger_check_pb(check)

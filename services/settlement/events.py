@@ -22,8 +22,8 @@ _log = log.get(__name__)
 
 def paid_order(event: events_pb2.OrderPaid) -> domain.PaidOrder:
     order = event.order
-    # Only a brand-funded coupon changes the split; any other discount is already in payable_fen and so
-    # comes out of the dealer's profit.
+    # Only a brand-funded coupon changes the brand's share; any other discount (a dealer-funded coupon) is
+    # already in payable_fen and so comes out of the dealer's profit.
     brand_funded = order.coupon.discount_fen if order.coupon.funder == orders_pb2.COUPON_FUNDER_BRAND else 0
     return domain.PaidOrder(
         order_id=order.order_id,
@@ -35,18 +35,21 @@ def paid_order(event: events_pb2.OrderPaid) -> domain.PaidOrder:
         brand_funded_discount_fen=brand_funded,
         provider_txn_id=event.provider_txn_id or order.payment_txn_id,
         paid_at=event.paid_at.ToDatetime(tzinfo=UTC) if event.HasField("paid_at") else None,
+        attributed_store_id=order.attribution.store_id,
+        attributed_guide_id=order.attribution.guide_id,
     )
 
 
 class OrderPaidHandler:
     """orders.order.paid -> the order's payment and split journals, once per order."""
 
-    def __init__(self, store: LedgerStore):
+    def __init__(self, store: LedgerStore, rates: domain.SplitRates):
         self.store = store
+        self.rates = rates
 
     async def __call__(self, conn: AsyncConnection, event: events_pb2.OrderPaid, delivery: Delivery) -> None:
         try:
-            settlement = domain.settle(paid_order(event))
+            settlement = domain.settle(paid_order(event), self.rates)
         except InvalidArgument as exc:
             # A malformed event never becomes valid by retrying: dead-letter it at once.
             raise PermanentError(f"cannot settle order {event.order.order_id!r}: {exc.message}") from exc

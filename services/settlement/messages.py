@@ -13,6 +13,7 @@ PARTY_TYPE = {t: pb.PartyType.Value(f"PARTY_TYPE_{t.value}") for t in domain.Par
 PARTY_TYPE_OF = {v: k for k, v in PARTY_TYPE.items()}
 PURPOSE = {p: pb.AccountPurpose.Value(f"ACCOUNT_PURPOSE_{p.value}") for p in domain.Purpose}
 ROLE = {r: pb.SplitRole.Value(f"SPLIT_ROLE_{r.value}") for r in domain.SplitRole}
+BREAK_KIND = {k: pb.LedgerBreakKind.Value(f"LEDGER_BREAK_KIND_{k.value}") for k in domain.BreakKind}
 REASON = {r: pb.ReceivableReason.Value(f"RECEIVABLE_REASON_{r.value}") for r in domain.ReceivableReason}
 
 
@@ -43,3 +44,12 @@ def split_pb(split: domain.Split) -> pb.OrderSplit:
 def split_settled(split: domain.Split) -> events_pb2.OrderSplitSettled:
     return events_pb2.OrderSplitSettled(order_id=split.order_id, brand_id=split.brand_id,
                                         dealer_id=split.dealer_id, store_id=split.store_id, split=split_pb(split))
+
+
+def ledger_check_pb(check: domain.LedgerCheck) -> pb.VerifyLedgerResponse:
+    return pb.VerifyLedgerResponse(
+        ok=check.ok, journals_checked=check.journals, postings_checked=check.postings,
+        accounts_checked=check.accounts, splits_checked=check.splits,
+        breaks=[pb.LedgerBreak(kind=BREAK_KIND[b.kind], subject=b.subject, expected_fen=b.expected_fen,
+                               actual_fen=b.actual_fen) for b in check.breaks],
+    )

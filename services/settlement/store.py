@@ -12,7 +12,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .domain import (
+    BreakKind,
     Journal,
+    LedgerBreak,
+    LedgerCheck,
     Party,
     PartyType,
     Purpose,
@@ -91,7 +94,32 @@ _LEGS = text("""
 """)
 _RECEIVABLES = text("""
     SELECT reason, creditor_type, creditor_id, debtor_type, debtor_id, amount_fen
-    FROM split_receivables WHERE order_id = :order_id ORDER BY reason
+    FROM split_receivables WHERE order_id = :order_id ORDER BY reason, creditor_type, creditor_id
+""")
+_VERIFY_COUNTS = text("""
+    SELECT (SELECT count(*) FROM journals) AS journals, (SELECT count(*) FROM postings) AS postings,
+           (SELECT count(*) FROM accounts) AS accounts, (SELECT count(*) FROM splits) AS splits,
+           (SELECT coalesce(sum(balance_fen), 0) FROM accounts) AS total
+""")
+_VERIFY_JOURNALS = text("""
+    SELECT j.journal_id, coalesce(sum(p.amount_fen), 0) AS total, count(p.posting_id) AS legs
+    FROM journals j LEFT JOIN postings p USING (journal_id)
+    GROUP BY j.journal_id HAVING coalesce(sum(p.amount_fen), 0) <> 0 OR count(p.posting_id) < 2
+    ORDER BY j.journal_id
+""")
+_VERIFY_ACCOUNTS = text("""
+    SELECT a.party_type, a.party_id, a.purpose, a.balance_fen, coalesce(s.posted, 0) AS posted
+    FROM accounts a LEFT JOIN (SELECT account_id, sum(amount_fen) AS posted FROM postings GROUP BY account_id) s
+         USING (account_id)
+    WHERE a.balance_fen <> coalesce(s.posted, 0)
+    ORDER BY a.account_id
+""")
+_VERIFY_SPLITS = text("""
+    SELECT s.order_id, s.paid_fen, coalesce(sum(l.amount_fen), 0) AS legs_total,
+           coalesce(min(l.amount_fen), 0) AS smallest
+    FROM splits s LEFT JOIN split_legs l USING (order_id)
+    GROUP BY s.order_id HAVING coalesce(sum(l.amount_fen), 0) <> s.paid_fen OR min(l.amount_fen) < 0
+    ORDER BY s.order_id
 """)
 _BALANCES = text("""
     SELECT purpose, balance_fen FROM accounts WHERE party_type = :party_type AND party_id = :party_id
@@ -170,3 +198,19 @@ class LedgerStore:
     async def balances(self, conn: AsyncConnection, party: Party) -> dict[Purpose, int]:
         rows = (await conn.execute(_BALANCES, {"party_type": party.type.value, "party_id": party.id})).all()
         return {Purpose(r.purpose): r.balance_fen for r in rows}
+
+    async def verify(self, conn: AsyncConnection) -> LedgerCheck:
+        """Check the whole ledger; run it in one REPEATABLE READ snapshot so postings committed meanwhile
+        cannot show up as a break."""
+        counts = (await conn.execute(_VERIFY_COUNTS)).one()
+        breaks = [LedgerBreak(BreakKind.UNBALANCED_JOURNAL, r.journal_id, 0, int(r.total))
+                  for r in (await conn.execute(_VERIFY_JOURNALS)).all()]
+        breaks += [LedgerBreak(BreakKind.BALANCE_DRIFT, f"{r.party_type}:{r.party_id}/{r.purpose}",
+                               int(r.posted), r.balance_fen)
+                   for r in (await conn.execute(_VERIFY_ACCOUNTS)).all()]
+        if counts.total != 0:
+            breaks.append(LedgerBreak(BreakKind.LEDGER_NOT_ZERO, "", 0, int(counts.total)))
+        breaks += [LedgerBreak(BreakKind.SPLIT_MISMATCH, r.order_id, r.paid_fen,
+                               int(r.legs_total) if r.smallest >= 0 else r.smallest)
+                   for r in (await conn.execute(_VERIFY_SPLITS)).all()]
+        return LedgerCheck(counts.journals, counts.postings, counts.accounts, counts.splits, tuple(breaks))

@@ -9,11 +9,13 @@ from services.runtime.consumer import Subscription
 from services.runtime.server import Runtime, Wiring
 
 from .api import SettlementApi
+from .config import SettlementConfig
 from .events import OrderPaidHandler
 from .store import LedgerStore
 
 
 async def wire(rt: Runtime) -> Wiring:
+    cfg = SettlementConfig.from_env()
     store = LedgerStore()
     api = SettlementApi(rt.engine, store)
     full_name = settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"].full_name
@@ -21,6 +23,6 @@ async def wire(rt: Runtime) -> Wiring:
         servicers=[(settlement_pb2_grpc.add_SettlementServiceServicer_to_server, api, full_name)],
         subscriptions=[
             Subscription("settlement-order-paid", "ORDERS", "orders.order.paid", orders_events.OrderPaid,
-                         OrderPaidHandler(store)),
+                         OrderPaidHandler(store, cfg.rates)),
         ],
     )

@@ -27,7 +27,7 @@ def uid(prefix: str) -> str:
 
 
 def paid_event(brand_id: str, dealer_id: str, lines: list[tuple[int, int, int]], *, brand_coupon: int = 0,
-               discount: int = 0) -> order_events.OrderPaid:
+               discount: int = 0, store_id: str = "", guide_id: str = "") -> order_events.OrderPaid:
     """An OrderPaid for lines of (quantity, unit price, unit supply price)."""
     subtotal = sum(q * price for q, price, _ in lines)
     coupon = (orders.AppliedCoupon(code="C1", funder=orders.COUPON_FUNDER_BRAND, discount_fen=brand_coupon)
@@ -39,6 +39,7 @@ def paid_event(brand_id: str, dealer_id: str, lines: list[tuple[int, int, int]],
         lines=[orders.OrderLine(sku_id=uid("sku"), name="ThinkPad", quantity=q, unit_price_fen=price,
                                 unit_supply_price_fen=supply, line_total_fen=q * price)
                for q, price, supply in lines],
+        attribution=orders.Attribution(scene="qr", dealer_id=dealer_id, store_id=store_id, guide_id=guide_id),
         coupon=coupon, subtotal_fen=subtotal, discount_fen=total_discount, payable_fen=subtotal - total_discount,
         payment_txn_id=uid("txn"))
     return order_events.OrderPaid(order=order, provider_txn_id=order.payment_txn_id)
