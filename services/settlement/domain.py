@@ -51,6 +51,7 @@ derives the very same journals and the store's unique keys refuse a second posti
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -85,7 +86,27 @@ class Purpose(StrEnum):
 
 class JournalKind(StrEnum):
     ORDER_PAYMENT = "ORDER_PAYMENT"
+    # One receiver's share, when the provider reports it SUCCESS: frozen -> the receiver.
+    SHARE = "SHARE"
+    # The split's completion, when the rest is unfrozen: frozen -> dealer available, plus what is owed.
     ORDER_SPLIT = "ORDER_SPLIT"
+
+
+class SplitState(StrEnum):
+    # Waiting for the configured delay before the sharing order is made.
+    SCHEDULED = "SCHEDULED"
+    # The sharing order is made; receivers' results are awaited.
+    SHARING = "SHARING"
+    # Every receiver's result is final; the rest is being unfrozen to the dealer.
+    UNFREEZING = "UNFREEZING"
+    COMPLETED = "COMPLETED"
+
+
+class LegState(StrEnum):
+    PLANNED = "PLANNED"
+    PENDING = "PENDING"
+    SUCCESS = "SUCCESS"
+    CLOSED = "CLOSED"
 
 
 class SplitRole(StrEnum):
@@ -100,6 +121,10 @@ class ReceivableReason(StrEnum):
     PAID_BELOW_COST = "PAID_BELOW_COST"
     BRAND_COUPON_ABOVE_COST = "BRAND_COUPON_ABOVE_COST"
     COMMISSION_ABOVE_MARGIN = "COMMISSION_ABOVE_MARGIN"
+    # The part of a leg above the dealer's sharing cap: it stays in the merchant account and is owed.
+    OVER_SHARING_CAP = "OVER_SHARING_CAP"
+    # The provider closed the receiver's share (e.g. an abnormal account): the dealer owes it instead.
+    RECEIVER_CLOSED = "RECEIVER_CLOSED"
 
 
 # Principal kinds (x-omo-principal) that may read a party's figures; the provider has none: internal only.
@@ -232,6 +257,20 @@ class SplitLeg:
     receiver: Party
     role: SplitRole
     amount_fen: int
+    # What goes out through the provider's profit sharing (≤ amount, within the dealer's cap); the rest of
+    # the leg (`deferred_fen`) stays in the merchant account and is owed to the receiver. 0 for the dealer.
+    shared_fen: int = 0
+    state: LegState = LegState.PLANNED
+    close_reason: str = ""
+
+    @property
+    def deferred_fen(self) -> int:
+        return 0 if self.role is SplitRole.PROFIT_TO_DEALER else self.amount_fen - self.shared_fen
+
+    @property
+    def is_receiver(self) -> bool:
+        """Sent to the provider as a receiver of the sharing order."""
+        return self.role is not SplitRole.PROFIT_TO_DEALER and self.shared_fen > 0
 
 
 @dataclass(frozen=True)
@@ -259,10 +298,23 @@ class Split:
     split_journal_id: str
     # Set by the store when the split is recorded.
     settled_at: datetime | None = None
+    state: SplitState = SplitState.SCHEDULED
+    provider_txn_id: str = ""
+    # The most the dealer's sharing cap lets leave the merchant account through the provider.
+    cap_fen: int = 0
 
     @property
-    def journal_ids(self) -> tuple[str, str]:
-        return (self.payment_journal_id, self.split_journal_id)
+    def dealer(self) -> Party:
+        return Party(PartyType.DEALER, self.dealer_id)
+
+    @property
+    def journal_ids(self) -> tuple[str, ...]:
+        """The journals posted so far: the payment, each successful share, and the completion."""
+        shares = [share_journal_id(self.order_id, leg.role) for leg in self.legs
+                  if leg.is_receiver and leg.state is LegState.SUCCESS]
+        done = ([self.split_journal_id]
+                if self.state is SplitState.COMPLETED and completion_journal(self) is not None else [])
+        return (self.payment_journal_id, *shares, *done)
 
     def leg(self, role: SplitRole) -> SplitLeg | None:
         return next((leg for leg in self.legs if leg.role is role), None)
@@ -270,16 +322,22 @@ class Split:
 
 @dataclass(frozen=True)
 class Settlement:
-    """A paid order's split and the journals that record the payment and the split."""
+    """A paid order's split (decided, not yet carried out) and the journal that records the payment."""
 
     order: PaidOrder
     split: Split
     payment_journal: Journal
-    split_journal: Journal
 
     @property
-    def journals(self) -> tuple[Journal, Journal]:
-        return (self.payment_journal, self.split_journal)
+    def journals(self) -> tuple[Journal, ...]:
+        """Every journal the order ends with if each share succeeds: payment, shares, completion."""
+        split = self.split
+        for leg in split.legs:
+            if leg.is_receiver:
+                split = with_leg(split, leg.role, state=LegState.SUCCESS)
+        shares = [share_journal(split, leg) for leg in split.legs if leg.is_receiver]
+        done = completion_journal(split)
+        return (self.payment_journal, *shares, *([done] if done else []))
 
 
 @dataclass(frozen=True)
@@ -371,27 +429,136 @@ LEG_PURPOSE = {
 }
 
 
-def settle(order: PaidOrder, rates: SplitRates = SplitRates()) -> Settlement:
-    """The split of a paid order and the two journals that record the payment and the split."""
+def share_caps(legs: Sequence[SplitLeg], cap_fen: int) -> list[SplitLeg]:
+    """Fill the receivers' shares in leg order up to the cap; each leg's excess is deferred (owed)."""
+    left = cap_fen
+    capped = []
+    for leg in legs:
+        if leg.role is SplitRole.PROFIT_TO_DEALER:
+            capped.append(leg)
+            continue
+        shared = min(leg.amount_fen, left)
+        left -= shared
+        capped.append(dataclasses.replace(leg, shared_fen=shared,
+                                          state=LegState.PLANNED if shared else LegState.SUCCESS))
+    return capped
+
+
+def settle(order: PaidOrder, rates: SplitRates = SplitRates(), cap_bp: int = 10_000) -> Settlement:
+    """The split of a paid order, within the dealer's sharing cap (basis points of what was paid), and the
+    journal that records the payment landing frozen in the dealer's merchant account."""
     validate(order)
+    if not 0 <= cap_bp <= 10_000:
+        raise ValueError(f"a sharing cap is a share of the payment: {cap_bp} bp")
     dealer = Party(PartyType.DEALER, order.dealer_id)
     legs, receivables = divide(order.payable_fen, entitlements(order, rates), dealer)
-
-    frozen = AccountKey(dealer, Purpose.MERCHANT_FROZEN)
+    cap = apply_rate_bp(order.payable_fen, cap_bp)
     payment = Journal.of(JournalKind.ORDER_PAYMENT, order.order_id, [
         Posting(AccountKey(PAYMENT_PROVIDER, Purpose.PAYMENTS_CLEARING), -order.payable_fen),
-        Posting(frozen, order.payable_fen),
+        Posting(AccountKey(dealer, Purpose.MERCHANT_FROZEN), order.payable_fen),
     ])
-    split_postings = [Posting(frozen, -order.payable_fen)]
-    split_postings += [Posting(AccountKey(leg.receiver, LEG_PURPOSE[leg.role]), leg.amount_fen) for leg in legs]
-    for r in receivables:
-        split_postings += [Posting(AccountKey(r.debtor, Purpose.PAYABLE), -r.amount_fen),
-                           Posting(AccountKey(r.creditor, Purpose.RECEIVABLE), r.amount_fen)]
-    split_journal = Journal.of(JournalKind.ORDER_SPLIT, order.order_id, split_postings)
     split = Split(order.order_id, order.brand_id, order.dealer_id, order.store_id, order.payable_fen,
-                  cost_of(order), order.brand_funded_discount_fen, tuple(legs), tuple(receivables),
-                  payment.journal_id, split_journal.journal_id)
-    return Settlement(order, split, payment, split_journal)
+                  cost_of(order), order.brand_funded_discount_fen, tuple(share_caps(legs, cap)),
+                  tuple(receivables), payment.journal_id, journal_id(JournalKind.ORDER_SPLIT, order.order_id),
+                  provider_txn_id=order.provider_txn_id, cap_fen=cap)
+    return Settlement(order, split, payment)
+
+
+# -- carrying the split out: profit sharing at the provider --------------------------------------------------
+
+
+def journal_id(kind: JournalKind, order_id: str, fact: str = "") -> str:
+    return derived_id("jnl", f"{kind.value}/{order_id}" + (f"/{fact}" if fact else ""))
+
+
+def share_journal_id(order_id: str, role: SplitRole) -> str:
+    return journal_id(JournalKind.SHARE, order_id, role.value)
+
+
+def request_no(order_id: str, phase: str, seq: int = 1) -> str:
+    """The provider request number of one step of an order, the same however often the step is retried."""
+    return derived_id("ps", order_id, phase, str(seq)).replace("_", "")
+
+
+def receiver_account(party: Party) -> str:
+    """The receiver's account as the provider knows it (a merchant id or openid in a real deployment)."""
+    return f"{party.type.value}:{party.id}"
+
+
+def with_leg(split: Split, role: SplitRole, **changes: object) -> Split:
+    legs = tuple(dataclasses.replace(leg, **changes) if leg.role is role else leg for leg in split.legs)
+    return dataclasses.replace(split, legs=legs)
+
+
+def share_journal(split: Split, leg: SplitLeg) -> Journal:
+    """A receiver's share left the frozen funds (the provider reported SUCCESS)."""
+    if not (leg.is_receiver and leg.state is LegState.SUCCESS):
+        raise ValueError(f"leg {leg.role} of {split.order_id} has no successful share")
+    return Journal.of(JournalKind.SHARE, split.order_id, [
+        Posting(AccountKey(split.dealer, Purpose.MERCHANT_FROZEN), -leg.shared_fen),
+        Posting(AccountKey(leg.receiver, LEG_PURPOSE[leg.role]), leg.shared_fen),
+    ], fact=leg.role.value)
+
+
+def owed_after_sharing(split: Split) -> list[Receivable]:
+    """What the split leaves owed once every share is final: its shortfalls, the legs' parts above the cap,
+    and the shares the provider closed."""
+    owed = list(split.receivables)
+    for leg in split.legs:
+        if leg.deferred_fen > 0:
+            owed.append(Receivable(leg.receiver, split.dealer, leg.deferred_fen, ReceivableReason.OVER_SHARING_CAP))
+        if leg.is_receiver and leg.state is LegState.CLOSED:
+            owed.append(Receivable(leg.receiver, split.dealer, leg.shared_fen, ReceivableReason.RECEIVER_CLOSED))
+    return owed
+
+
+def completion_journal(split: Split) -> Journal | None:
+    """Every share is final: the rest of the frozen payment is unfrozen to the dealer, and what the split
+    leaves owed is booked (debtor PAYABLE, creditor RECEIVABLE). None when there is nothing left to move
+    (everything was shared and nothing is owed)."""
+    pending = [leg.role for leg in split.legs if leg.is_receiver and leg.state not in (LegState.SUCCESS,
+                                                                                         LegState.CLOSED)]
+    if pending:
+        raise ValueError(f"split of {split.order_id} has shares not final yet: {pending}")
+    shared = sum(leg.shared_fen for leg in split.legs if leg.is_receiver and leg.state is LegState.SUCCESS)
+    rest = split.paid_fen - shared
+    postings = [Posting(AccountKey(split.dealer, Purpose.MERCHANT_FROZEN), -rest),
+                Posting(AccountKey(split.dealer, Purpose.MERCHANT_AVAILABLE), rest)]
+    for r in owed_after_sharing(split):
+        postings += [Posting(AccountKey(r.debtor, Purpose.PAYABLE), -r.amount_fen),
+                     Posting(AccountKey(r.creditor, Purpose.RECEIVABLE), r.amount_fen)]
+    postings = [p for p in _merge(postings) if p.amount_fen]
+    return Journal.of(JournalKind.ORDER_SPLIT, split.order_id, postings) if postings else None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A split before and after one pass of the sharing job; `error` and `retry_s` say when to look again."""
+
+    before: Split
+    after: Split
+    error: str = ""
+    retry_s: float = 0.0
+
+
+def progress_journals(before: Split, after: Split) -> list[Journal]:
+    """The journals a split's progress implies: a share for each leg that turned SUCCESS, and the
+    completion when the split turned COMPLETED."""
+    journals = [share_journal(after, new) for old, new in zip(before.legs, after.legs, strict=True)
+                if new.is_receiver and new.state is LegState.SUCCESS and old.state is not LegState.SUCCESS]
+    if after.state is SplitState.COMPLETED and before.state is not SplitState.COMPLETED:
+        done = completion_journal(after)
+        if done is not None:
+            journals.append(done)
+    return journals
+
+
+def _merge(postings: list[Posting]) -> list[Posting]:
+    """One posting per account (a split can owe one party for two reasons); order of first appearance."""
+    merged: dict[AccountKey, int] = {}
+    for p in postings:
+        merged[p.account] = merged.get(p.account, 0) + p.amount_fen
+    return [Posting(k, v) for k, v in merged.items()]
 
 
 # -- verifying the whole ledger ------------------------------------------------------------------------------

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC
 
 from omo.orders.v1 import events_pb2, orders_pb2
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.runtime import log, outbox
+from services.runtime import log
 from services.runtime.consumer import Delivery, PermanentError
 from services.runtime.errors import InvalidArgument
 
 from . import domain
-from .messages import split_settled
+from .config import SettlementConfig
 from .store import LedgerStore
 
-SPLIT_SETTLED = "settlement.split.settled"
 _log = log.get(__name__)
 
 
@@ -41,23 +39,23 @@ def paid_order(event: events_pb2.OrderPaid) -> domain.PaidOrder:
 
 
 class OrderPaidHandler:
-    """orders.order.paid -> the order's payment and split journals, once per order."""
+    """orders.order.paid -> the order's split decided and its payment booked frozen, once per order."""
 
-    def __init__(self, store: LedgerStore, rates: domain.SplitRates):
+    def __init__(self, store: LedgerStore, config: SettlementConfig):
         self.store = store
-        self.rates = rates
+        self.config = config
 
     async def __call__(self, conn: AsyncConnection, event: events_pb2.OrderPaid, delivery: Delivery) -> None:
         try:
-            settlement = domain.settle(paid_order(event), self.rates)
+            settlement = domain.settle(paid_order(event), self.config.rates,
+                                       self.config.cap_bp(event.order.dealer_id))
         except InvalidArgument as exc:
             # A malformed event never becomes valid by retrying: dead-letter it at once.
             raise PermanentError(f"cannot settle order {event.order.order_id!r}: {exc.message}") from exc
-        settled_at = await self.store.record_split(conn, settlement)
+        settled_at = await self.store.record_split(conn, settlement, self.config.sharing_delay_s)
         if settled_at is None:
             # Another event (a fresh event id for the same payment) split this order already.
             _log.info("order already split", order_id=settlement.split.order_id, message_id=delivery.message_id)
             return
-        await self.store.post(conn, settlement.journals)
-        split = dataclasses.replace(settlement.split, settled_at=settled_at)
-        await outbox.add(conn, SPLIT_SETTLED, split_settled(split))
+        # The payment lands frozen; the sharing job carries the split out after the configured delay.
+        await self.store.post(conn, [settlement.payment_journal])

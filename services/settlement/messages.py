@@ -14,6 +14,8 @@ PARTY_TYPE_OF = {v: k for k, v in PARTY_TYPE.items()}
 PURPOSE = {p: pb.AccountPurpose.Value(f"ACCOUNT_PURPOSE_{p.value}") for p in domain.Purpose}
 ROLE = {r: pb.SplitRole.Value(f"SPLIT_ROLE_{r.value}") for r in domain.SplitRole}
 BREAK_KIND = {k: pb.LedgerBreakKind.Value(f"LEDGER_BREAK_KIND_{k.value}") for k in domain.BreakKind}
+LEG_STATE = {s: pb.LegState.Value(f"LEG_STATE_{s.value}") for s in domain.LegState}
+SPLIT_STATE = {s: pb.SplitState.Value(f"SPLIT_STATE_{s.value}") for s in domain.SplitState}
 REASON = {r: pb.ReceivableReason.Value(f"RECEIVABLE_REASON_{r.value}") for r in domain.ReceivableReason}
 
 
@@ -29,7 +31,9 @@ def split_pb(split: domain.Split) -> pb.OrderSplit:
     return pb.OrderSplit(
         order_id=split.order_id,
         paid_fen=split.paid_fen,
-        legs=[pb.SplitLeg(receiver=party_pb(leg.receiver), role=ROLE[leg.role], amount_fen=leg.amount_fen)
+        legs=[pb.SplitLeg(receiver=party_pb(leg.receiver), role=ROLE[leg.role], amount_fen=leg.amount_fen,
+                          shared_fen=leg.shared_fen, deferred_fen=leg.deferred_fen,
+                          state=LEG_STATE[leg_state(split, leg)], close_reason=leg.close_reason)
               for leg in split.legs],
         journal_ids=list(split.journal_ids),
         settled_at=timestamps.to_proto(split.settled_at),
@@ -37,8 +41,17 @@ def split_pb(split: domain.Split) -> pb.OrderSplit:
         brand_funded_discount_fen=split.brand_funded_discount_fen,
         receivables=[pb.Receivable(creditor=party_pb(r.creditor), debtor=party_pb(r.debtor),
                                    amount_fen=r.amount_fen, reason=REASON[r.reason])
-                     for r in split.receivables],
+                     for r in domain.owed_after_sharing(split)],
+        state=SPLIT_STATE[split.state],
+        cap_fen=split.cap_fen,
     )
+
+
+def leg_state(split: domain.Split, leg: domain.SplitLeg) -> domain.LegState:
+    """The dealer's leg is received when the rest is unfrozen, i.e. when the split completes."""
+    if leg.role is domain.SplitRole.PROFIT_TO_DEALER:
+        return domain.LegState.SUCCESS if split.state is domain.SplitState.COMPLETED else domain.LegState.PLANNED
+    return leg.state
 
 
 def split_settled(split: domain.Split) -> events_pb2.OrderSplitSettled:

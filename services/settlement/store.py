@@ -16,8 +16,10 @@ from .domain import (
     Journal,
     LedgerBreak,
     LedgerCheck,
+    LegState,
     Party,
     PartyType,
+    Progress,
     Purpose,
     Receivable,
     ReceivableReason,
@@ -25,7 +27,9 @@ from .domain import (
     Split,
     SplitLeg,
     SplitRole,
+    SplitState,
     net_changes,
+    progress_journals,
 )
 
 # The split row is the claim: ON CONFLICT DO NOTHING makes a second OrderPaid for the order a no-op, and the
@@ -33,18 +37,20 @@ from .domain import (
 _RECORD_SPLIT = text("""
     WITH claimed AS (
         INSERT INTO splits (order_id, brand_id, dealer_id, store_id, provider_txn_id, paid_fen, cost_fen,
-                            brand_funded_discount_fen, payment_journal_id, split_journal_id, paid_at)
+                            brand_funded_discount_fen, payment_journal_id, split_journal_id, paid_at, state,
+                            cap_fen, due_at)
         VALUES (:order_id, :brand_id, :dealer_id, :store_id, :provider_txn_id, :paid_fen, :cost_fen,
-                :brand_funded_discount_fen, :payment_journal_id, :split_journal_id, :paid_at)
+                :brand_funded_discount_fen, :payment_journal_id, :split_journal_id, :paid_at, :state,
+                :cap_fen, clock_timestamp() + make_interval(secs => :delay_s))
         ON CONFLICT (order_id) DO NOTHING
         RETURNING order_id, settled_at
     ), legs AS (
-        INSERT INTO split_legs (order_id, leg, role, receiver_type, receiver_id, amount_fen)
-        SELECT c.order_id, l.leg, l.role, l.receiver_type, l.receiver_id, l.amount_fen
+        INSERT INTO split_legs (order_id, leg, role, receiver_type, receiver_id, amount_fen, shared_fen, state)
+        SELECT c.order_id, l.leg, l.role, l.receiver_type, l.receiver_id, l.amount_fen, l.shared_fen, l.state
         FROM claimed c,
              unnest(CAST(:leg_roles AS text[]), CAST(:leg_types AS text[]), CAST(:leg_ids AS text[]),
-                    CAST(:leg_amounts AS bigint[])) WITH ORDINALITY
-                 AS l(role, receiver_type, receiver_id, amount_fen, leg)
+                    CAST(:leg_amounts AS bigint[]), CAST(:leg_shared AS bigint[]), CAST(:leg_states AS text[]))
+                 WITH ORDINALITY AS l(role, receiver_type, receiver_id, amount_fen, shared_fen, state, leg)
     ), receivables AS (
         INSERT INTO split_receivables (order_id, reason, creditor_type, creditor_id, debtor_type, debtor_id,
                                        amount_fen, journal_id)
@@ -84,17 +90,45 @@ _POST = text("""
     ORDER BY p.n
 """)
 
-_SPLIT = text("""
+_SPLITS = text("""
     SELECT order_id, brand_id, dealer_id, store_id, paid_fen, cost_fen, brand_funded_discount_fen,
-           payment_journal_id, split_journal_id, settled_at
-    FROM splits WHERE order_id = :order_id
+           payment_journal_id, split_journal_id, settled_at, state, provider_txn_id, cap_fen
+    FROM splits WHERE order_id = ANY(:ids)
 """)
 _LEGS = text("""
-    SELECT role, receiver_type, receiver_id, amount_fen FROM split_legs WHERE order_id = :order_id ORDER BY leg
+    SELECT order_id, role, receiver_type, receiver_id, amount_fen, shared_fen, state, close_reason
+    FROM split_legs WHERE order_id = ANY(:ids) ORDER BY order_id, leg
 """)
 _RECEIVABLES = text("""
-    SELECT reason, creditor_type, creditor_id, debtor_type, debtor_id, amount_fen
-    FROM split_receivables WHERE order_id = :order_id ORDER BY reason, creditor_type, creditor_id
+    SELECT order_id, reason, creditor_type, creditor_id, debtor_type, debtor_id, amount_fen
+    FROM split_receivables WHERE order_id = ANY(:ids) ORDER BY order_id, reason, creditor_type, creditor_id
+""")
+# The sharing job leases due splits, so two replicas never work on one split at once; a crashed worker's
+# lease simply runs out.
+_CLAIM_DUE = text("""
+    UPDATE splits SET lease_until = clock_timestamp() + make_interval(secs => :lease_s), attempts = attempts + 1
+    WHERE order_id IN (
+        SELECT order_id FROM splits
+        WHERE state <> 'COMPLETED' AND due_at <= clock_timestamp()
+          AND (lease_until IS NULL OR lease_until <= clock_timestamp())
+        ORDER BY due_at LIMIT :n FOR UPDATE SKIP LOCKED)
+    RETURNING order_id
+""")
+# Progress is written only over the state it was computed from: a split moved on by someone else meanwhile
+# makes the rowcount fall short and the whole batch roll back.
+_ADVANCE_LEGS = text("""
+    UPDATE split_legs l SET state = u.state, close_reason = u.close_reason
+    FROM unnest(CAST(:orders AS text[]), CAST(:legs AS smallint[]), CAST(:old AS text[]), CAST(:new AS text[]),
+                CAST(:reasons AS text[])) AS u(order_id, leg, old_state, state, close_reason)
+    WHERE l.order_id = u.order_id AND l.leg = u.leg AND l.state = u.old_state
+""")
+_ADVANCE_SPLITS = text("""
+    UPDATE splits s SET state = u.state, lease_until = NULL, last_error = nullif(u.error, ''),
+        completed_at = CASE WHEN u.state = 'COMPLETED' THEN clock_timestamp() END,
+        due_at = clock_timestamp() + make_interval(secs => u.retry_s)
+    FROM unnest(CAST(:orders AS text[]), CAST(:old AS text[]), CAST(:new AS text[]), CAST(:errors AS text[]),
+                CAST(:retry_s AS float8[])) AS u(order_id, old_state, state, error, retry_s)
+    WHERE s.order_id = u.order_id AND s.state = u.old_state
 """)
 _VERIFY_COUNTS = text("""
     SELECT (SELECT count(*) FROM journals) AS journals, (SELECT count(*) FROM postings) AS postings,
@@ -126,10 +160,15 @@ _BALANCES = text("""
 """)
 
 
+class ConcurrentProgress(RuntimeError):
+    """Another worker advanced a split meanwhile (its lease ran out): this batch's progress is dropped."""
+
+
 class LedgerStore:
-    async def record_split(self, conn: AsyncConnection, settlement: Settlement) -> datetime | None:
-        """Claim the order's split and write its legs; the settled_at time, or None if the order had been
-        split already (the caller must then post nothing)."""
+    async def record_split(self, conn: AsyncConnection, settlement: Settlement, delay_s: float = 0.0
+                           ) -> datetime | None:
+        """Claim the order's split and write its legs, due for profit sharing in `delay_s`; the settled_at
+        time, or None if the order had been split already (the caller must then post nothing)."""
         split = settlement.split
         rec = split.receivables
         row = (await conn.execute(_RECORD_SPLIT, {
@@ -138,11 +177,14 @@ class LedgerStore:
             "paid_fen": split.paid_fen, "cost_fen": split.cost_fen,
             "brand_funded_discount_fen": split.brand_funded_discount_fen,
             "payment_journal_id": split.payment_journal_id, "split_journal_id": split.split_journal_id,
-            "paid_at": settlement.order.paid_at,
+            "paid_at": settlement.order.paid_at, "state": split.state.value, "cap_fen": split.cap_fen,
+            "delay_s": delay_s,
             "leg_roles": [leg.role.value for leg in split.legs],
             "leg_types": [leg.receiver.type.value for leg in split.legs],
             "leg_ids": [leg.receiver.id for leg in split.legs],
             "leg_amounts": [leg.amount_fen for leg in split.legs],
+            "leg_shared": [leg.shared_fen for leg in split.legs],
+            "leg_states": [leg.state.value for leg in split.legs],
             "rec_reasons": [r.reason.value for r in rec],
             "rec_creditor_types": [r.creditor.type.value for r in rec],
             "rec_creditor_ids": [r.creditor.id for r in rec],
@@ -177,23 +219,59 @@ class LedgerStore:
             raise RuntimeError(f"posted {result.rowcount} of {len(postings)} postings")
 
     async def split(self, conn: AsyncConnection, order_id: str) -> Split | None:
-        row = (await conn.execute(_SPLIT, {"order_id": order_id})).first()
-        if row is None:
-            return None
-        legs = (await conn.execute(_LEGS, {"order_id": order_id})).all()
-        receivables = (await conn.execute(_RECEIVABLES, {"order_id": order_id})).all()
-        return Split(
+        found = await self.splits(conn, [order_id])
+        return found[0] if found else None
+
+    async def splits(self, conn: AsyncConnection, order_ids: Sequence[str]) -> list[Split]:
+        """The splits of these orders (those that exist), in the given order, in three statements."""
+        ids = list(order_ids)
+        rows = {r.order_id: r for r in (await conn.execute(_SPLITS, {"ids": ids})).all()}
+        legs: dict[str, list[SplitLeg]] = {}
+        for r in (await conn.execute(_LEGS, {"ids": ids})).all():
+            legs.setdefault(r.order_id, []).append(SplitLeg(
+                Party(PartyType(r.receiver_type), r.receiver_id), SplitRole(r.role), r.amount_fen,
+                r.shared_fen, LegState(r.state), r.close_reason))
+        receivables: dict[str, list[Receivable]] = {}
+        for r in (await conn.execute(_RECEIVABLES, {"ids": ids})).all():
+            receivables.setdefault(r.order_id, []).append(Receivable(
+                Party(PartyType(r.creditor_type), r.creditor_id), Party(PartyType(r.debtor_type), r.debtor_id),
+                r.amount_fen, ReceivableReason(r.reason)))
+        return [Split(
             order_id=row.order_id, brand_id=row.brand_id, dealer_id=row.dealer_id, store_id=row.store_id,
             paid_fen=row.paid_fen, cost_fen=row.cost_fen, brand_funded_discount_fen=row.brand_funded_discount_fen,
-            legs=tuple(SplitLeg(Party(PartyType(r.receiver_type), r.receiver_id), SplitRole(r.role), r.amount_fen)
-                       for r in legs),
-            receivables=tuple(
-                Receivable(Party(PartyType(r.creditor_type), r.creditor_id),
-                           Party(PartyType(r.debtor_type), r.debtor_id), r.amount_fen, ReceivableReason(r.reason))
-                for r in receivables),
+            legs=tuple(legs.get(row.order_id, ())), receivables=tuple(receivables.get(row.order_id, ())),
             payment_journal_id=row.payment_journal_id, split_journal_id=row.split_journal_id,
-            settled_at=row.settled_at,
-        )
+            settled_at=row.settled_at, state=SplitState(row.state), provider_txn_id=row.provider_txn_id,
+            cap_fen=row.cap_fen,
+        ) for oid in ids if (row := rows.get(oid)) is not None]
+
+    async def claim_due(self, conn: AsyncConnection, limit: int, lease_s: float) -> list[Split]:
+        """Lease up to `limit` splits whose next sharing step is due."""
+        ids = [r.order_id for r in (await conn.execute(_CLAIM_DUE, {"n": limit, "lease_s": lease_s})).all()]
+        return await self.splits(conn, ids) if ids else []
+
+    async def advance(self, conn: AsyncConnection, progress: Sequence[Progress]) -> None:
+        """Write each split's progress over the state it was computed from, and post the journals that
+        progress implies (new successful shares, completions), all in the caller's transaction."""
+        legs = [(p.after.order_id, i + 1, old.state.value, new.state.value, new.close_reason)
+                for p in progress for i, (old, new) in enumerate(zip(p.before.legs, p.after.legs, strict=True))
+                if old.state is not new.state]
+        if legs:
+            result = await conn.execute(_ADVANCE_LEGS, {
+                "orders": [x[0] for x in legs], "legs": [x[1] for x in legs], "old": [x[2] for x in legs],
+                "new": [x[3] for x in legs], "reasons": [x[4] for x in legs]})
+            if result.rowcount != len(legs):
+                raise ConcurrentProgress(f"{len(legs) - result.rowcount} legs moved on meanwhile")
+        if progress:
+            result = await conn.execute(_ADVANCE_SPLITS, {
+                "orders": [p.after.order_id for p in progress], "old": [p.before.state.value for p in progress],
+                "new": [p.after.state.value for p in progress], "errors": [p.error for p in progress],
+                "retry_s": [p.retry_s for p in progress]})
+            if result.rowcount != len(progress):
+                raise ConcurrentProgress(f"{len(progress) - result.rowcount} splits moved on meanwhile")
+        journals = [j for p in progress for j in progress_journals(p.before, p.after)]
+        if journals:
+            await self.post(conn, journals)
 
     async def balances(self, conn: AsyncConnection, party: Party) -> dict[Purpose, int]:
         rows = (await conn.execute(_BALANCES, {"party_type": party.type.value, "party_id": party.id})).all()

@@ -11,6 +11,8 @@ from services.runtime.server import Runtime, Wiring
 from .api import SettlementApi
 from .config import SettlementConfig
 from .events import OrderPaidHandler
+from .executor import SharingExecutor
+from .provider import SimulatedProvider
 from .store import LedgerStore
 
 
@@ -18,11 +20,15 @@ async def wire(rt: Runtime) -> Wiring:
     cfg = SettlementConfig.from_env()
     store = LedgerStore()
     api = SettlementApi(rt.engine, store)
+    # The demo and the tests run against the simulator; a real provider implements SharingProvider.
+    executor = SharingExecutor(rt.engine, store, SimulatedProvider(), poll_s=cfg.sharing_poll_s,
+                               retry_s=cfg.sharing_retry_s)
     full_name = settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"].full_name
     return Wiring(
         servicers=[(settlement_pb2_grpc.add_SettlementServiceServicer_to_server, api, full_name)],
         subscriptions=[
             Subscription("settlement-order-paid", "ORDERS", "orders.order.paid", orders_events.OrderPaid,
-                         OrderPaidHandler(store, cfg.rates)),
+                         OrderPaidHandler(store, cfg)),
         ],
+        jobs=[executor.run],
     )

@@ -64,11 +64,16 @@ def publish(stack, event: order_events.OrderPaid, event_id: str | None = None) -
     return event_id
 
 
-def wait_split(clients, order_id: str, timeout_s: float = 15) -> pb.OrderSplit:  # type: ignore[no-untyped-def]
+def wait_split(clients, order_id: str, timeout_s: float = 15,  # type: ignore[no-untyped-def]
+               state: int = pb.SPLIT_STATE_COMPLETED) -> pb.OrderSplit:
+    """The order's split once it has reached `state` (by default: carried out at the provider)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return clients.settlement.GetOrderSplit(pb.GetOrderSplitRequest(order_id=order_id)).split
+            split = clients.settlement.GetOrderSplit(pb.GetOrderSplitRequest(order_id=order_id)).split
+            if split.state >= state:
+                return split
+            assert time.monotonic() < deadline, f"split of {order_id} still {pb.SplitState.Name(split.state)}"
         except grpc.RpcError as err:
             if err.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
                 raise
@@ -158,7 +163,10 @@ def test_paid_order_is_split_cost_to_brand_profit_to_dealer(stack, clients):
         pb.SPLIT_ROLE_PROFIT_TO_DEALER: (pb.PARTY_TYPE_DEALER, dealer, 59_800),
     }
     assert not split.receivables
-    assert len(split.journal_ids) == 2 and split.settled_at.seconds > 0
+    assert split.state == pb.SPLIT_STATE_COMPLETED and split.cap_fen == 249_800  # the test stack lifts the cap
+    assert [(leg.shared_fen, leg.deferred_fen, leg.state) for leg in split.legs] == [
+        (190_000, 0, pb.LEG_STATE_SUCCESS), (0, 0, pb.LEG_STATE_SUCCESS)]
+    assert len(split.journal_ids) == 3 and split.settled_at.seconds > 0  # payment, the brand's share, completion
 
     assert balances(clients, pb.PARTY_TYPE_DEALER, dealer) == {
         pb.ACCOUNT_PURPOSE_MERCHANT_FROZEN: 0, pb.ACCOUNT_PURPOSE_MERCHANT_AVAILABLE: 59_800}
@@ -170,8 +178,9 @@ def test_paid_order_is_split_cost_to_brand_profit_to_dealer(stack, clients):
     assert [tuple(r) for r in rows] == [
         ("ORDER_PAYMENT", -249_800, "PROVIDER", "PAYMENTS_CLEARING"),
         ("ORDER_PAYMENT", 249_800, "DEALER", "MERCHANT_FROZEN"),
-        ("ORDER_SPLIT", -249_800, "DEALER", "MERCHANT_FROZEN"),
-        ("ORDER_SPLIT", 190_000, "BRAND", "COST_SHARE"),
+        ("SHARE", -190_000, "DEALER", "MERCHANT_FROZEN"),
+        ("SHARE", 190_000, "BRAND", "COST_SHARE"),
+        ("ORDER_SPLIT", -59_800, "DEALER", "MERCHANT_FROZEN"),
         ("ORDER_SPLIT", 59_800, "DEALER", "MERCHANT_AVAILABLE"),
     ]
 
@@ -195,7 +204,7 @@ def test_an_order_is_split_once_however_often_its_payment_arrives(stack, clients
     assert (balances(clients, pb.PARTY_TYPE_DEALER, dealer), balances(clients, pb.PARTY_TYPE_BRAND, brand)) == before
     counts = db(stack, "SELECT (SELECT count(*) FROM splits WHERE order_id = $1), "
                        "(SELECT count(*) FROM journals WHERE order_id = $1)", event.order.order_id)
-    assert tuple(counts[0]) == (1, 2)
+    assert tuple(counts[0]) == (1, 3)
     [announced] = split_events(stack, event.order.order_id)
     assert (announced.brand_id, announced.dealer_id, announced.store_id) == (brand, dealer, event.order.store_id)
     assert announced.split == first

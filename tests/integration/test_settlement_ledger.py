@@ -85,3 +85,23 @@ def test_the_whole_ledger_verifies_and_a_drifted_balance_is_reported(stack, clie
     finally:
         db(stack, drift, dealer, -7)
     assert clients.settlement.VerifyLedger(pb.VerifyLedgerRequest()).ok
+
+
+def test_a_dealer_at_the_default_cap_shares_30_percent_and_owes_the_rest(stack, clients):
+    from ..conftest import CAPPED_DEALER
+
+    brand = uid("brd")
+    event = paid_event(brand, CAPPED_DEALER, [(2, 129_900, 100_000)], brand_coupon=10_000)  # paid 249,800
+    publish(stack, event)
+    split = wait_split(clients, event.order.order_id)
+
+    assert split.cap_fen == 249_800 * 3_000 // 10_000 == 74_940
+    cost = split.legs[0]
+    assert (cost.role, cost.amount_fen, cost.shared_fen, cost.deferred_fen, cost.state) == (
+        pb.SPLIT_ROLE_COST_TO_BRAND, 190_000, 74_940, 115_060, pb.LEG_STATE_SUCCESS)
+    assert split.legs[1].state == pb.LEG_STATE_SUCCESS  # the dealer's rest is unfrozen
+    [owed] = split.receivables
+    assert (owed.creditor.id, owed.debtor.id, owed.amount_fen, owed.reason) == (
+        brand, CAPPED_DEALER, 115_060, pb.RECEIVABLE_REASON_OVER_SHARING_CAP)
+    assert balances(clients, pb.PARTY_TYPE_BRAND, brand) == {
+        pb.ACCOUNT_PURPOSE_COST_SHARE: 74_940, pb.ACCOUNT_PURPOSE_RECEIVABLE: 115_060}

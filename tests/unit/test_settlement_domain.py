@@ -61,10 +61,13 @@ def test_cost_to_brand_and_profit_to_dealer():
         (BRAND, Purpose.COST_SHARE): 200_000,
         (DEALER, Purpose.MERCHANT_AVAILABLE): 59_800,
     }
-    payment, split = s.journals
+    payment, share, done = s.journals
     assert [(p.account.purpose, p.amount_fen) for p in payment.postings] == [
         (Purpose.PAYMENTS_CLEARING, -259_800), (Purpose.MERCHANT_FROZEN, 259_800)]
-    assert split.postings[0] == Posting(AccountKey(DEALER, Purpose.MERCHANT_FROZEN), -259_800)
+    assert share.postings == (Posting(AccountKey(DEALER, Purpose.MERCHANT_FROZEN), -200_000),
+                              Posting(AccountKey(BRAND, Purpose.COST_SHARE), 200_000))
+    assert done.postings == (Posting(AccountKey(DEALER, Purpose.MERCHANT_FROZEN), -59_800),
+                             Posting(AccountKey(DEALER, Purpose.MERCHANT_AVAILABLE), 59_800))
 
 
 def test_brand_funded_coupon_lowers_the_brand_share_only():
@@ -98,8 +101,10 @@ def test_brand_coupon_above_cost_leaves_the_brand_leg_at_zero_and_the_brand_owes
 def test_journals_are_derived_from_the_order_so_a_duplicate_derives_the_same_ones():
     a, b = domain.settle(order(1_000, [(1, 500)])), domain.settle(order(1_000, [(1, 500)]))
     assert [j.journal_id for j in a.journals] == [j.journal_id for j in b.journals]
-    assert a.split.journal_ids == tuple(j.journal_id for j in a.journals)
-    assert [j.business_key for j in a.journals] == ["ORDER_PAYMENT/ord_1", "ORDER_SPLIT/ord_1"]
+    assert a.split.journal_ids == (a.payment_journal.journal_id,)  # nothing shared yet
+    assert [j.business_key for j in a.journals] == [
+        "ORDER_PAYMENT/ord_1", "SHARE/ord_1/COST_TO_BRAND", "ORDER_SPLIT/ord_1"]
+    assert a.journals[-1].journal_id == a.split.split_journal_id
     other = domain.settle(order(1_000, [(1, 500)], order_id="ord_2"))
     assert not set(a.split.journal_ids) & set(other.split.journal_ids)
 
