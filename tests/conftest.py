@@ -37,7 +37,9 @@ def stack(tmp_path_factory):  # type: ignore[no-untyped-def]
     opts = StackOptions.isolated(tmp_path_factory.mktemp("omo"), durable=False,
                                  extra_env={"OMO_LOG_LEVEL": "info", "OMO_SETTLEMENT_SHARING_CAP_BP": "10000",
                                             "OMO_SETTLEMENT_DEALER_SHARING_CAPS": f"{CAPPED_DEALER}=3000",
-                                            "OMO_SETTLEMENT_SHARING_POLL_S": "0.1"})
+                                            "OMO_SETTLEMENT_SHARING_POLL_S": "0.1",
+                                            # Debt transfers are driven by the tests themselves.
+                                            "OMO_SETTLEMENT_TRANSFER_INTERVAL_S": "3600"})
     st = Stack(opts, services=_available_services())
     st.start()
     yield st

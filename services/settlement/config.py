@@ -49,6 +49,8 @@ class SettlementConfig:
     # How often a split whose receivers are still PENDING is queried again, and a failed step retried.
     sharing_poll_s: float = 1.0
     sharing_retry_s: float = 5.0
+    # How often what dealers owe is settled by transfers.
+    transfer_interval_s: float = 60.0
 
     def cap_bp(self, dealer_id: str) -> int:
         return self.dealer_caps.get(dealer_id, self.default_cap_bp)
@@ -68,4 +70,4 @@ class SettlementConfig:
             raise SystemExit("OMO_SETTLEMENT_SHARING_CAP_BP must be within 0..10000")
         return cls(rates, cap, _caps(os.environ.get("OMO_SETTLEMENT_DEALER_SHARING_CAPS", "")),
                    _float("OMO_SETTLEMENT_SHARING_DELAY_S", 0.0), _float("OMO_SETTLEMENT_SHARING_POLL_S", 1.0),
-                   _float("OMO_SETTLEMENT_SHARING_RETRY_S", 5.0))
+                   _float("OMO_SETTLEMENT_SHARING_RETRY_S", 5.0), _float("OMO_SETTLEMENT_TRANSFER_INTERVAL_S", 60.0))

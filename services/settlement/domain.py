@@ -90,6 +90,12 @@ class JournalKind(StrEnum):
     SHARE = "SHARE"
     # The split's completion, when the rest is unfrozen: frozen -> dealer available, plus what is owed.
     ORDER_SPLIT = "ORDER_SPLIT"
+    # A periodic transfer settling what a dealer owes a party (e.g. the part of legs above the cap).
+    DEBT_TRANSFER = "DEBT_TRANSFER"
+    # A refund to the consumer, clawed back from the split's legs (services/settlement/refunds.py).
+    REFUND = "REFUND"
+    # A receiver gave back (part of) its share after a refund (分账回退).
+    SPLIT_RETURN = "SPLIT_RETURN"
 
 
 class SplitState(StrEnum):
@@ -125,6 +131,8 @@ class ReceivableReason(StrEnum):
     OVER_SHARING_CAP = "OVER_SHARING_CAP"
     # The provider closed the receiver's share (e.g. an abnormal account): the dealer owes it instead.
     RECEIVER_CLOSED = "RECEIVER_CLOSED"
+    # A refund clawed back part of a receiver's leg that no split return asks back: the receiver owes it.
+    REFUND_CLAWBACK = "REFUND_CLAWBACK"
 
 
 # Principal kinds (x-omo-principal) that may read a party's figures; the provider has none: internal only.
@@ -189,7 +197,7 @@ class Journal:
     def of(cls, kind: JournalKind, order_id: str, postings: Iterable[Posting], fact: str = "") -> Journal:
         """A journal for an order fact (`fact` tells apart several of one kind, e.g. a refund's id); zero
         amounts are dropped (a clamped leg moves no money)."""
-        business_key = f"{kind.value}/{order_id}" + (f"/{fact}" if fact else "")
+        business_key = "/".join(x for x in (kind.value, order_id, fact) if x)
         return cls(derived_id("jnl", business_key), kind, business_key, order_id,
                    tuple(p for p in postings if p.amount_fen != 0))
 
@@ -262,10 +270,16 @@ class SplitLeg:
     shared_fen: int = 0
     state: LegState = LegState.PLANNED
     close_reason: str = ""
+    # Clawed back from this leg by refunds so far (services/settlement/refunds.py), and the part of that
+    # refunded while the split was still SCHEDULED (it came out of the frozen funds, nothing was shared).
+    refunded_fen: int = 0
+    frozen_refund_fen: int = 0
 
     @property
     def deferred_fen(self) -> int:
-        return 0 if self.role is SplitRole.PROFIT_TO_DEALER else self.amount_fen - self.shared_fen
+        if self.role is SplitRole.PROFIT_TO_DEALER:
+            return 0
+        return self.amount_fen - self.frozen_refund_fen - self.shared_fen
 
     @property
     def is_receiver(self) -> bool:
@@ -302,6 +316,8 @@ class Split:
     provider_txn_id: str = ""
     # The most the dealer's sharing cap lets leave the merchant account through the provider.
     cap_fen: int = 0
+    # Bumped by each refund that reshapes the split before it is shared.
+    revision: int = 0
 
     @property
     def dealer(self) -> Party:
@@ -437,7 +453,7 @@ def share_caps(legs: Sequence[SplitLeg], cap_fen: int) -> list[SplitLeg]:
         if leg.role is SplitRole.PROFIT_TO_DEALER:
             capped.append(leg)
             continue
-        shared = min(leg.amount_fen, left)
+        shared = min(leg.amount_fen - leg.frozen_refund_fen, left)
         left -= shared
         capped.append(dataclasses.replace(leg, shared_fen=shared,
                                           state=LegState.PLANNED if shared else LegState.SUCCESS))
@@ -468,7 +484,7 @@ def settle(order: PaidOrder, rates: SplitRates = SplitRates(), cap_bp: int = 10_
 
 
 def journal_id(kind: JournalKind, order_id: str, fact: str = "") -> str:
-    return derived_id("jnl", f"{kind.value}/{order_id}" + (f"/{fact}" if fact else ""))
+    return derived_id("jnl", "/".join(x for x in (kind.value, order_id, fact) if x))
 
 
 def share_journal_id(order_id: str, role: SplitRole) -> str:
@@ -503,7 +519,9 @@ def share_journal(split: Split, leg: SplitLeg) -> Journal:
 def owed_after_sharing(split: Split) -> list[Receivable]:
     """What the split leaves owed once every share is final: its shortfalls, the legs' parts above the cap,
     and the shares the provider closed."""
-    owed = list(split.receivables)
+    # A split refunded in full before anything was shared is void: it leaves nothing owed.
+    void = sum(leg.frozen_refund_fen for leg in split.legs) == split.paid_fen
+    owed = [] if void else list(split.receivables)
     for leg in split.legs:
         if leg.deferred_fen > 0:
             owed.append(Receivable(leg.receiver, split.dealer, leg.deferred_fen, ReceivableReason.OVER_SHARING_CAP))
@@ -521,7 +539,7 @@ def completion_journal(split: Split) -> Journal | None:
     if pending:
         raise ValueError(f"split of {split.order_id} has shares not final yet: {pending}")
     shared = sum(leg.shared_fen for leg in split.legs if leg.is_receiver and leg.state is LegState.SUCCESS)
-    rest = split.paid_fen - shared
+    rest = split.paid_fen - sum(leg.frozen_refund_fen for leg in split.legs) - shared
     postings = [Posting(AccountKey(split.dealer, Purpose.MERCHANT_FROZEN), -rest),
                 Posting(AccountKey(split.dealer, Purpose.MERCHANT_AVAILABLE), rest)]
     for r in owed_after_sharing(split):
@@ -559,6 +577,49 @@ def _merge(postings: list[Posting]) -> list[Posting]:
     for p in postings:
         merged[p.account] = merged.get(p.account, 0) + p.amount_fen
     return [Posting(k, v) for k, v in merged.items()]
+
+
+# -- settling what splits left owed -------------------------------------------------------------------------
+
+# Where a creditor's money lands when a debt to it is settled: the account its split leg would have credited.
+SETTLES_INTO = {
+    PartyType.BRAND: Purpose.COST_SHARE,
+    PartyType.STORE: Purpose.COMMISSION,
+    PartyType.GUIDE: Purpose.COMMISSION,
+    PartyType.PLATFORM: Purpose.PLATFORM_FEE,
+    PartyType.DEALER: Purpose.MERCHANT_AVAILABLE,
+}
+
+
+@dataclass(frozen=True)
+class DebtTransfer:
+    """One transfer settling (part of) what a dealer owes a creditor, with its provider request number."""
+
+    creditor: Party
+    debtor: Party
+    seq: int
+    amount_fen: int
+
+    @property
+    def transfer_no(self) -> str:
+        return request_no(f"{receiver_account(self.creditor)}|{receiver_account(self.debtor)}", "transfer", self.seq)
+
+
+def transfer_amount(outstanding_fen: int, debtor_available_fen: int) -> int:
+    """What the next transfer moves: the debt, as far as the dealer's available balance covers it."""
+    return max(0, min(outstanding_fen, debtor_available_fen))
+
+
+def transfer_journal(t: DebtTransfer) -> Journal:
+    """The debtor pays the creditor from its available balance, and the debt shrinks by as much."""
+    if t.debtor.type is not PartyType.DEALER or t.amount_fen <= 0:
+        raise ValueError(f"only a dealer's positive debt is transferred: {t}")
+    return Journal.of(JournalKind.DEBT_TRANSFER, "", [
+        Posting(AccountKey(t.debtor, Purpose.MERCHANT_AVAILABLE), -t.amount_fen),
+        Posting(AccountKey(t.creditor, SETTLES_INTO[t.creditor.type]), t.amount_fen),
+        Posting(AccountKey(t.debtor, Purpose.PAYABLE), t.amount_fen),
+        Posting(AccountKey(t.creditor, Purpose.RECEIVABLE), -t.amount_fen),
+    ], fact=t.transfer_no)
 
 
 # -- verifying the whole ledger ------------------------------------------------------------------------------

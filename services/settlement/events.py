@@ -13,6 +13,7 @@ from services.runtime.errors import InvalidArgument
 
 from . import domain
 from .config import SettlementConfig
+from .refunds import Refund
 from .store import LedgerStore
 
 _log = log.get(__name__)
@@ -59,3 +60,23 @@ class OrderPaidHandler:
             return
         # The payment lands frozen; the sharing job carries the split out after the configured delay.
         await self.store.post(conn, [settlement.payment_journal])
+
+
+class RefundHandler:
+    """A refund the provider made -> claw-backs on the order's split, the refund journal and the split returns
+    to request, once per refund id.
+
+    Not subscribed yet: it is to consume `omo.orders.v1.OrderRefunded` on `orders.order.refunded` once orders
+    publishes it (order id, provider refund id, amount in fen). A refund that can never apply (more than is
+    left to refund) is dead-lettered; one that arrives while the provider is mid-way through the split is
+    retried by redelivery."""
+
+    def __init__(self, store: LedgerStore):
+        self.store = store
+
+    async def apply(self, conn: AsyncConnection, refund: Refund) -> bool:
+        """True if the refund took effect now, False if it had been recorded before."""
+        try:
+            return await self.store.record_refund(conn, refund) is not None
+        except InvalidArgument as exc:
+            raise PermanentError(f"cannot refund order {refund.order_id!r}: {exc.message}") from exc

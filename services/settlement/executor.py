@@ -24,7 +24,7 @@ from services.runtime import log, outbox
 from . import domain
 from .domain import LegState, Progress, Split, SplitState
 from .messages import split_settled
-from .provider import ProviderError, Receiver, ReceiverState, SharingOrderResult, SharingProvider
+from .provider import ProviderError, Receiver, ReceiverState, ReturnState, SharingOrderResult, SharingProvider
 from .store import LedgerStore
 
 SPLIT_SETTLED = "settlement.split.settled"
@@ -136,3 +136,93 @@ class SharingExecutor:
             self.hook("after_unfreeze")
             split = dataclasses.replace(split, state=SplitState.COMPLETED)
         return split
+
+
+class DebtTransferJob:
+    """Periodically settles what dealers owe (e.g. the part of legs above the sharing cap) by provider
+    transfers from their available balance. Each transfer is recorded before it is requested, so after a
+    crash the same request number is sent again and the debt is settled once."""
+
+    def __init__(self, engine: AsyncEngine, store: LedgerStore, provider: SharingProvider, *, batch: int = 200,
+                 hook: StepHook = _no_hook):
+        self.engine = engine
+        self.store = store
+        self.provider = provider
+        self.batch = batch
+        self.hook = hook
+
+    async def run(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                while await self.run_once() >= self.batch:
+                    pass
+            except Exception as exc:
+                _log.warning("debt transfer pass failed", error=repr(exc))
+
+    async def run_once(self) -> int:
+        """Finish transfers left in flight, plan the next ones and make them; the number finished."""
+        async with self.engine.begin() as conn:
+            await self.store.plan_transfers(conn, self.batch)
+        self.hook("after_plan")
+        async with self.engine.connect() as conn:
+            transfers = await self.store.open_transfers(conn, self.batch)
+        done = []
+        for t in transfers:
+            try:
+                await self.provider.transfer(t.transfer_no, domain.receiver_account(t.debtor),
+                                             domain.receiver_account(t.creditor), t.amount_fen)
+            except ProviderError as exc:
+                _log.info("transfer failed; will retry", transfer_no=t.transfer_no, error=repr(exc))
+                continue
+            done.append(t)
+        self.hook("after_transfer")
+        if done:
+            async with self.engine.begin() as conn:
+                await self.store.finish_transfers(conn, done)
+        return len(done)
+
+
+class SplitReturnJob:
+    """Asks receivers for the split returns refunds call for, with the same request number until each one
+    succeeds, and books each success once."""
+
+    def __init__(self, engine: AsyncEngine, store: LedgerStore, provider: SharingProvider, *, batch: int = 200,
+                 retry_s: float = 5.0, hook: StepHook = _no_hook):
+        self.engine = engine
+        self.store = store
+        self.provider = provider
+        self.batch = batch
+        self.retry_s = retry_s
+        self.hook = hook
+
+    async def run(self, idle_s: float = 1.0) -> None:
+        while True:
+            try:
+                n = await self.run_once()
+            except Exception as exc:
+                _log.warning("split return pass failed", error=repr(exc))
+                n = 0
+            if n < self.batch:
+                await asyncio.sleep(idle_s)
+
+    async def run_once(self) -> int:
+        async with self.engine.connect() as conn:
+            due = await self.store.due_returns(conn, self.batch)
+        done, failed = [], []
+        for ret, dealer in due:
+            try:
+                result = await self.provider.create_return(ret.return_no, domain.request_no(ret.order_id, "share"),
+                                                           domain.receiver_account(ret.receiver), ret.amount_fen)
+            except ProviderError as exc:
+                failed.append((ret, repr(exc)))
+                continue
+            if result.state is ReturnState.SUCCESS:
+                done.append((ret, dealer))
+            else:
+                failed.append((ret, f"{result.state.value} {result.fail_reason}".strip()))
+        self.hook("after_return")
+        if done or failed:
+            async with self.engine.begin() as conn:
+                await self.store.finish_returns(conn, done, failed, self.retry_s)
+        return len(due)

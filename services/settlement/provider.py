@@ -59,6 +59,26 @@ class UnfreezeResult:
     out_order_no: str
 
 
+class ReturnState(StrEnum):
+    PROCESSING = "PROCESSING"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True)
+class ReturnResult:
+    out_return_no: str
+    state: ReturnState
+    # Why it failed (e.g. BALANCE_NOT_ENOUGH: the receiver's balance cannot cover it yet).
+    fail_reason: str = ""
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    out_transfer_no: str
+    amount_fen: int
+
+
 class ProviderError(Exception):
     """The call's outcome is unknown or it failed transiently: retry with the same request number."""
 
@@ -82,6 +102,15 @@ class SharingProvider(Protocol):
     async def unfreeze(self, out_order_no: str, transaction_id: str, merchant: str) -> UnfreezeResult:
         """Release what was not shared to the merchant. Same out_order_no: same request."""
 
+    async def create_return(self, out_return_no: str, out_order_no: str, receiver: str,
+                            amount_fen: int) -> ReturnResult:
+        """Take part of a share back from a receiver after a refund (分账回退). A FAILED return is asked again
+        later with the same out_return_no; once SUCCESS, asking again answers SUCCESS and moves nothing."""
+
+    async def transfer(self, out_transfer_no: str, merchant: str, receiver: str, amount_fen: int) -> TransferResult:
+        """Move money from the merchant's available balance to a receiver (settling what a split left owed,
+        e.g. the part above the sharing cap). Same out_transfer_no: same request."""
+
 
 # -- the simulator ------------------------------------------------------------------------------------------
 
@@ -103,6 +132,8 @@ class Faults:
     abnormal_accounts: set[str] = field(default_factory=set)
     # How many queries a receiver stays PENDING before its result is final.
     pending_queries: int = 0
+    # Receiver account -> how many more split returns from it fail with BALANCE_NOT_ENOUGH.
+    return_failures: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -123,6 +154,8 @@ class SimulatedProvider:
         self.faults = faults or Faults()
         self.orders: dict[str, _Order] = {}
         self.unfrozen: set[str] = set()
+        self.transfers: dict[str, tuple[str, str, int]] = {}
+        self.returns: dict[str, tuple[str, int]] = {}
         # Every request that took effect, in order: a replayed request number never appears twice.
         self.effects: list[tuple[str, str]] = []
 
@@ -176,5 +209,29 @@ class SimulatedProvider:
             self.unfrozen.add(out_order_no)
             self.effects.append(("unfreeze", out_order_no))
         result = UnfreezeResult(out_order_no)
+        self._leave()
+        return result
+
+    async def transfer(self, out_transfer_no: str, merchant: str, receiver: str, amount_fen: int) -> TransferResult:
+        await self._enter()
+        if out_transfer_no not in self.transfers:
+            if amount_fen <= 0:
+                raise ValueError("a transfer moves a positive amount")
+            self.transfers[out_transfer_no] = (merchant, receiver, amount_fen)
+            self.effects.append(("transfer", out_transfer_no))
+        result = TransferResult(out_transfer_no, self.transfers[out_transfer_no][2])
+        self._leave()
+        return result
+
+    async def create_return(self, out_return_no: str, out_order_no: str, receiver: str,
+                            amount_fen: int) -> ReturnResult:
+        await self._enter()
+        if out_return_no not in self.returns:
+            if self.faults.return_failures.get(receiver, 0) > 0:
+                self.faults.return_failures[receiver] -= 1
+                return ReturnResult(out_return_no, ReturnState.FAILED, "BALANCE_NOT_ENOUGH")
+            self.returns[out_return_no] = (receiver, amount_fen)
+            self.effects.append(("return", out_return_no))
+        result = ReturnResult(out_return_no, ReturnState.SUCCESS)
         self._leave()
         return result

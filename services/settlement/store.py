@@ -11,8 +11,12 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+
+from . import refunds
 from .domain import (
     BreakKind,
+    DebtTransfer,
     Journal,
     LedgerBreak,
     LedgerCheck,
@@ -29,8 +33,12 @@ from .domain import (
     SplitRole,
     SplitState,
     net_changes,
+    owed_after_sharing,
     progress_journals,
+    transfer_amount,
+    transfer_journal,
 )
+from .refunds import Refund, RefundOutcome, SplitReturn, return_journal
 
 # The split row is the claim: ON CONFLICT DO NOTHING makes a second OrderPaid for the order a no-op, and the
 # legs and receivables are written only if this statement claimed it.
@@ -78,8 +86,9 @@ _POST = text("""
         RETURNING account_id, party_type, party_id, purpose
     ), journal AS (
         INSERT INTO journals (journal_id, kind, business_key, order_id)
-        SELECT * FROM unnest(CAST(:j_ids AS text[]), CAST(:j_kinds AS text[]), CAST(:j_keys AS text[]),
-                             CAST(:j_orders AS text[]))
+        SELECT j.id, j.kind, j.key, nullif(j.order_id, '')
+        FROM unnest(CAST(:j_ids AS text[]), CAST(:j_kinds AS text[]), CAST(:j_keys AS text[]),
+                    CAST(:j_orders AS text[])) AS j(id, kind, key, order_id)
     )
     INSERT INTO postings (journal_id, account_id, amount_fen)
     SELECT p.journal_id, m.account_id, p.amount_fen
@@ -92,11 +101,12 @@ _POST = text("""
 
 _SPLITS = text("""
     SELECT order_id, brand_id, dealer_id, store_id, paid_fen, cost_fen, brand_funded_discount_fen,
-           payment_journal_id, split_journal_id, settled_at, state, provider_txn_id, cap_fen
+           payment_journal_id, split_journal_id, settled_at, state, provider_txn_id, cap_fen, revision
     FROM splits WHERE order_id = ANY(:ids)
 """)
 _LEGS = text("""
-    SELECT order_id, role, receiver_type, receiver_id, amount_fen, shared_fen, state, close_reason
+    SELECT order_id, role, receiver_type, receiver_id, amount_fen, shared_fen, state, close_reason, refunded_fen,
+           frozen_refund_fen
     FROM split_legs WHERE order_id = ANY(:ids) ORDER BY order_id, leg
 """)
 _RECEIVABLES = text("""
@@ -127,8 +137,93 @@ _ADVANCE_SPLITS = text("""
         completed_at = CASE WHEN u.state = 'COMPLETED' THEN clock_timestamp() END,
         due_at = clock_timestamp() + make_interval(secs => u.retry_s)
     FROM unnest(CAST(:orders AS text[]), CAST(:old AS text[]), CAST(:new AS text[]), CAST(:errors AS text[]),
-                CAST(:retry_s AS float8[])) AS u(order_id, old_state, state, error, retry_s)
-    WHERE s.order_id = u.order_id AND s.state = u.old_state
+                CAST(:retry_s AS float8[]), CAST(:revisions AS integer[]))
+             AS u(order_id, old_state, state, error, retry_s, revision)
+    WHERE s.order_id = u.order_id AND s.state = u.old_state AND s.revision = u.revision
+""")
+_ADD_DEBTS = text("""
+    INSERT INTO debts AS d (creditor_type, creditor_id, debtor_type, debtor_id, outstanding_fen)
+    SELECT ct, ci, dt, di, sum(amount)
+    FROM unnest(CAST(:ct AS text[]), CAST(:ci AS text[]), CAST(:dt AS text[]), CAST(:di AS text[]),
+                CAST(:amounts AS bigint[])) AS x(ct, ci, dt, di, amount)
+    GROUP BY ct, ci, dt, di
+    ORDER BY dt, di, ct, ci
+    ON CONFLICT (debtor_type, debtor_id, creditor_type, creditor_id)
+    DO UPDATE SET outstanding_fen = d.outstanding_fen + excluded.outstanding_fen
+""")
+# Dealers with something owed, no transfer in flight, and an available balance to pay from: one debt each
+# (the oldest creditor first), so the balance is spent once.
+_TRANSFER_CANDIDATES = text("""
+    SELECT DISTINCT ON (d.debtor_id) d.creditor_type, d.creditor_id, d.debtor_type, d.debtor_id,
+           d.outstanding_fen, d.transfers, a.balance_fen AS available_fen
+    FROM debts d
+    JOIN accounts a ON a.party_type = d.debtor_type AND a.party_id = d.debtor_id AND a.purpose = 'MERCHANT_AVAILABLE'
+    WHERE d.outstanding_fen > 0 AND d.debtor_type = 'DEALER' AND a.balance_fen > 0
+      AND NOT EXISTS (SELECT 1 FROM debt_transfers t WHERE t.debtor_type = d.debtor_type
+                      AND t.debtor_id = d.debtor_id AND t.state = 'REQUESTED')
+    ORDER BY d.debtor_id, d.creditor_type, d.creditor_id
+    LIMIT :n
+""")
+_PLAN_TRANSFERS = text("""
+    INSERT INTO debt_transfers (transfer_no, creditor_type, creditor_id, debtor_type, debtor_id, seq, amount_fen,
+                                state)
+    SELECT *, 'REQUESTED' FROM unnest(CAST(:nos AS text[]), CAST(:ct AS text[]), CAST(:ci AS text[]),
+                                      CAST(:dt AS text[]), CAST(:di AS text[]), CAST(:seqs AS integer[]),
+                                      CAST(:amounts AS bigint[]))
+    ON CONFLICT DO NOTHING
+""")
+_OPEN_TRANSFERS = text("""
+    SELECT creditor_type, creditor_id, debtor_type, debtor_id, seq, amount_fen FROM debt_transfers
+    WHERE state = 'REQUESTED' ORDER BY requested_at LIMIT :n
+""")
+_FINISH_TRANSFERS = text("""
+    WITH done AS (
+        UPDATE debt_transfers SET state = 'DONE', done_at = clock_timestamp()
+        WHERE transfer_no = ANY(:nos) AND state = 'REQUESTED'
+        RETURNING creditor_type, creditor_id, debtor_type, debtor_id, amount_fen
+    )
+    UPDATE debts d SET outstanding_fen = d.outstanding_fen - done.amount_fen, transfers = d.transfers + 1
+    FROM done
+    WHERE (d.creditor_type, d.creditor_id, d.debtor_type, d.debtor_id)
+        = (done.creditor_type, done.creditor_id, done.debtor_type, done.debtor_id)
+""")
+_LOCK_SPLIT = text("""
+    SELECT state, lease_until > clock_timestamp() AS leased FROM splits WHERE order_id = :o FOR UPDATE
+""")
+_REFUND_SEEN = text("SELECT amount_fen FROM refunds WHERE order_id = :o AND refund_id = :r")
+_RECORD_REFUND = text("""
+    WITH refund AS (
+        INSERT INTO refunds (order_id, refund_id, amount_fen, journal_id) VALUES (:o, :r, :amount, :journal_id)
+    ), legs AS (
+        UPDATE split_legs l SET refunded_fen = u.refunded, frozen_refund_fen = u.frozen, shared_fen = u.shared,
+                                state = u.state
+        FROM unnest(CAST(:legs AS smallint[]), CAST(:refunded AS bigint[]), CAST(:frozen AS bigint[]),
+                    CAST(:shared AS bigint[]), CAST(:states AS text[])) AS u(leg, refunded, frozen, shared, state)
+        WHERE l.order_id = :o AND l.leg = u.leg
+    ), returns AS (
+        INSERT INTO split_returns (return_no, order_id, refund_id, role, receiver_type, receiver_id, amount_fen,
+                                   state)
+        SELECT no, :o, :r, role, rt, ri, amount, 'REQUESTED'
+        FROM unnest(CAST(:ret_nos AS text[]), CAST(:ret_roles AS text[]), CAST(:ret_types AS text[]),
+                    CAST(:ret_ids AS text[]), CAST(:ret_amounts AS bigint[])) AS x(no, role, rt, ri, amount)
+    )
+    UPDATE splits SET cap_fen = :cap, revision = :revision WHERE order_id = :o
+""")
+_DUE_RETURNS = text("""
+    SELECT r.return_no, r.order_id, r.refund_id, r.role, r.receiver_type, r.receiver_id, r.amount_fen, s.dealer_id
+    FROM split_returns r JOIN splits s USING (order_id)
+    WHERE r.state = 'REQUESTED' AND r.next_attempt_at <= clock_timestamp()
+    ORDER BY r.next_attempt_at LIMIT :n
+""")
+_RETURNS_DONE = text("""
+    UPDATE split_returns SET state = 'SUCCESS', done_at = clock_timestamp(), attempts = attempts + 1
+    WHERE return_no = ANY(:nos) AND state = 'REQUESTED'
+""")
+_RETURNS_RETRY = text("""
+    UPDATE split_returns SET attempts = attempts + 1, last_error = u.error,
+        next_attempt_at = clock_timestamp() + make_interval(secs => :retry_s)
+    FROM unnest(CAST(:nos AS text[]), CAST(:errors AS text[])) AS u(no, error)
+    WHERE return_no = u.no AND state = 'REQUESTED'
 """)
 _VERIFY_COUNTS = text("""
     SELECT (SELECT count(*) FROM journals) AS journals, (SELECT count(*) FROM postings) AS postings,
@@ -230,7 +325,7 @@ class LedgerStore:
         for r in (await conn.execute(_LEGS, {"ids": ids})).all():
             legs.setdefault(r.order_id, []).append(SplitLeg(
                 Party(PartyType(r.receiver_type), r.receiver_id), SplitRole(r.role), r.amount_fen,
-                r.shared_fen, LegState(r.state), r.close_reason))
+                r.shared_fen, LegState(r.state), r.close_reason, r.refunded_fen, r.frozen_refund_fen))
         receivables: dict[str, list[Receivable]] = {}
         for r in (await conn.execute(_RECEIVABLES, {"ids": ids})).all():
             receivables.setdefault(r.order_id, []).append(Receivable(
@@ -242,7 +337,7 @@ class LedgerStore:
             legs=tuple(legs.get(row.order_id, ())), receivables=tuple(receivables.get(row.order_id, ())),
             payment_journal_id=row.payment_journal_id, split_journal_id=row.split_journal_id,
             settled_at=row.settled_at, state=SplitState(row.state), provider_txn_id=row.provider_txn_id,
-            cap_fen=row.cap_fen,
+            cap_fen=row.cap_fen, revision=row.revision,
         ) for oid in ids if (row := rows.get(oid)) is not None]
 
     async def claim_due(self, conn: AsyncConnection, limit: int, lease_s: float) -> list[Split]:
@@ -266,12 +361,44 @@ class LedgerStore:
             result = await conn.execute(_ADVANCE_SPLITS, {
                 "orders": [p.after.order_id for p in progress], "old": [p.before.state.value for p in progress],
                 "new": [p.after.state.value for p in progress], "errors": [p.error for p in progress],
-                "retry_s": [p.retry_s for p in progress]})
+                "retry_s": [p.retry_s for p in progress], "revisions": [p.before.revision for p in progress]})
             if result.rowcount != len(progress):
                 raise ConcurrentProgress(f"{len(progress) - result.rowcount} splits moved on meanwhile")
         journals = [j for p in progress for j in progress_journals(p.before, p.after)]
         if journals:
             await self.post(conn, journals)
+        owed = [r for p in progress if p.after.state is SplitState.COMPLETED
+                and p.before.state is not SplitState.COMPLETED for r in owed_after_sharing(p.after)]
+        if owed:
+            await self.add_debts(conn, owed)
+
+    async def plan_transfers(self, conn: AsyncConnection, limit: int) -> int:
+        """Record the next transfer for up to `limit` dealers that owe something and can pay."""
+        planned = []
+        for r in (await conn.execute(_TRANSFER_CANDIDATES, {"n": limit})).all():
+            amount = transfer_amount(r.outstanding_fen, r.available_fen)
+            if amount > 0:
+                planned.append(DebtTransfer(Party(PartyType(r.creditor_type), r.creditor_id),
+                                            Party(PartyType(r.debtor_type), r.debtor_id), r.transfers + 1, amount))
+        if planned:
+            await conn.execute(_PLAN_TRANSFERS, {
+                "nos": [t.transfer_no for t in planned], "ct": [t.creditor.type.value for t in planned],
+                "ci": [t.creditor.id for t in planned], "dt": [t.debtor.type.value for t in planned],
+                "di": [t.debtor.id for t in planned], "seqs": [t.seq for t in planned],
+                "amounts": [t.amount_fen for t in planned]})
+        return len(planned)
+
+    async def open_transfers(self, conn: AsyncConnection, limit: int) -> list[DebtTransfer]:
+        return [DebtTransfer(Party(PartyType(r.creditor_type), r.creditor_id),
+                             Party(PartyType(r.debtor_type), r.debtor_id), r.seq, r.amount_fen)
+                for r in (await conn.execute(_OPEN_TRANSFERS, {"n": limit})).all()]
+
+    async def finish_transfers(self, conn: AsyncConnection, transfers: Sequence[DebtTransfer]) -> None:
+        """The provider made these transfers: settle the debts and post the journals, once."""
+        result = await conn.execute(_FINISH_TRANSFERS, {"nos": [t.transfer_no for t in transfers]})
+        if result.rowcount != len(transfers):
+            raise ConcurrentProgress(f"{len(transfers) - result.rowcount} transfers finished meanwhile")
+        await self.post(conn, [transfer_journal(t) for t in transfers])
 
     async def balances(self, conn: AsyncConnection, party: Party) -> dict[Purpose, int]:
         rows = (await conn.execute(_BALANCES, {"party_type": party.type.value, "party_id": party.id})).all()
@@ -292,3 +419,64 @@ class LedgerStore:
                                int(r.legs_total) if r.smallest >= 0 else r.smallest)
                    for r in (await conn.execute(_VERIFY_SPLITS)).all()]
         return LedgerCheck(counts.journals, counts.postings, counts.accounts, counts.splits, tuple(breaks))
+
+    # -- refunds -----------------------------------------------------------------------------------------
+
+    async def record_refund(self, conn: AsyncConnection, refund: Refund) -> RefundOutcome | None:
+        """Apply a refund to its order's split: claw-backs on the legs, the refund journal, the split
+        returns to request and what receivers now owe, in the caller's transaction. None if this refund id
+        was recorded before (a replay has no second effect)."""
+        lock = (await conn.execute(_LOCK_SPLIT, {"o": refund.order_id})).first()
+        if lock is None:
+            raise NotFound("order split", refund.order_id)
+        seen = (await conn.execute(_REFUND_SEEN, {"o": refund.order_id, "r": refund.refund_id})).first()
+        if seen is not None:
+            if seen.amount_fen != refund.amount_fen:
+                raise InvalidArgument.field("refund.amount_fen",
+                                            f"refund {refund.refund_id} was recorded for {seen.amount_fen} fen")
+            return None
+        if lock.state == SplitState.SCHEDULED.value and lock.leased:
+            raise FailedPrecondition(f"split of {refund.order_id} is being shared at the provider; retry the refund")
+        [split] = await self.splits(conn, [refund.order_id])
+        outcome = refunds.refund(split, refund)
+        after = outcome.split
+        await conn.execute(_RECORD_REFUND, {
+            "o": refund.order_id, "r": refund.refund_id, "amount": refund.amount_fen,
+            "journal_id": outcome.journal.journal_id,
+            "legs": list(range(1, len(after.legs) + 1)), "refunded": [leg.refunded_fen for leg in after.legs],
+            "frozen": [leg.frozen_refund_fen for leg in after.legs], "shared": [leg.shared_fen for leg in after.legs],
+            "states": [leg.state.value for leg in after.legs],
+            "ret_nos": [r.return_no for r in outcome.returns], "ret_roles": [r.role.value for r in outcome.returns],
+            "ret_types": [r.receiver.type.value for r in outcome.returns],
+            "ret_ids": [r.receiver.id for r in outcome.returns],
+            "ret_amounts": [r.amount_fen for r in outcome.returns],
+            "cap": after.cap_fen, "revision": after.revision,
+        })
+        await self.post(conn, [outcome.journal])
+        if outcome.owed:
+            await self.add_debts(conn, outcome.owed)
+        return outcome
+
+    async def add_debts(self, conn: AsyncConnection, owed: Sequence[Receivable]) -> None:
+        await conn.execute(_ADD_DEBTS, {
+            "ct": [r.creditor.type.value for r in owed], "ci": [r.creditor.id for r in owed],
+            "dt": [r.debtor.type.value for r in owed], "di": [r.debtor.id for r in owed],
+            "amounts": [r.amount_fen for r in owed]})
+
+    async def due_returns(self, conn: AsyncConnection, limit: int) -> list[tuple[SplitReturn, Party]]:
+        """Split returns still to obtain, each with the dealer it goes back to."""
+        return [(SplitReturn(r.order_id, r.refund_id, SplitRole(r.role), Party(PartyType(r.receiver_type),
+                                                                                 r.receiver_id), r.amount_fen),
+                 Party(PartyType.DEALER, r.dealer_id))
+                for r in (await conn.execute(_DUE_RETURNS, {"n": limit})).all()]
+
+    async def finish_returns(self, conn: AsyncConnection, done: Sequence[tuple[SplitReturn, Party]],
+                             failed: Sequence[tuple[SplitReturn, str]], retry_s: float) -> None:
+        if done:
+            result = await conn.execute(_RETURNS_DONE, {"nos": [r.return_no for r, _ in done]})
+            if result.rowcount != len(done):
+                raise ConcurrentProgress(f"{len(done) - result.rowcount} split returns finished meanwhile")
+            await self.post(conn, [return_journal(r, dealer) for r, dealer in done])
+        if failed:
+            await conn.execute(_RETURNS_RETRY, {"nos": [r.return_no for r, _ in failed],
+                                                "errors": [e[:500] for _, e in failed], "retry_s": retry_s})

@@ -11,7 +11,7 @@ from services.runtime.server import Runtime, Wiring
 from .api import SettlementApi
 from .config import SettlementConfig
 from .events import OrderPaidHandler
-from .executor import SharingExecutor
+from .executor import DebtTransferJob, SharingExecutor, SplitReturnJob
 from .provider import SimulatedProvider
 from .store import LedgerStore
 
@@ -21,8 +21,10 @@ async def wire(rt: Runtime) -> Wiring:
     store = LedgerStore()
     api = SettlementApi(rt.engine, store)
     # The demo and the tests run against the simulator; a real provider implements SharingProvider.
-    executor = SharingExecutor(rt.engine, store, SimulatedProvider(), poll_s=cfg.sharing_poll_s,
-                               retry_s=cfg.sharing_retry_s)
+    provider = SimulatedProvider()
+    executor = SharingExecutor(rt.engine, store, provider, poll_s=cfg.sharing_poll_s, retry_s=cfg.sharing_retry_s)
+    transfers = DebtTransferJob(rt.engine, store, provider)
+    returns = SplitReturnJob(rt.engine, store, provider, retry_s=cfg.sharing_retry_s)
     full_name = settlement_pb2.DESCRIPTOR.services_by_name["SettlementService"].full_name
     return Wiring(
         servicers=[(settlement_pb2_grpc.add_SettlementServiceServicer_to_server, api, full_name)],
@@ -30,5 +32,5 @@ async def wire(rt: Runtime) -> Wiring:
             Subscription("settlement-order-paid", "ORDERS", "orders.order.paid", orders_events.OrderPaid,
                          OrderPaidHandler(store, cfg)),
         ],
-        jobs=[executor.run],
+        jobs=[executor.run, returns.run, lambda: transfers.run(cfg.transfer_interval_s)],
     )

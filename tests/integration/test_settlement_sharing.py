@@ -13,10 +13,13 @@ import pytest
 from sqlalchemy import text
 
 from services.runtime import db, migrate
+from services.runtime.errors import FailedPrecondition, InvalidArgument
 from services.settlement import domain
 from services.settlement.domain import LegState, PaidLine, PaidOrder, Purpose, SplitRole, SplitState
-from services.settlement.executor import SharingExecutor
+from services.settlement.events import RefundHandler
+from services.settlement.executor import DebtTransferJob, SharingExecutor, SplitReturnJob
 from services.settlement.provider import Faults, SimulatedCrash, SimulatedProvider
+from services.settlement.refunds import Refund
 from services.settlement.store import LedgerStore
 
 MIGRATIONS = pathlib.Path(domain.__file__).parent / "migrations"
@@ -196,3 +199,112 @@ async def test_shares_stay_within_the_dealer_cap_and_the_excess_is_owed(lab):
     assert dealer_accounts == {Purpose.MERCHANT_FROZEN: 0, Purpose.MERCHANT_AVAILABLE: 7_000, Purpose.PAYABLE: -5_100}
     async with lab.connect() as conn:
         assert (await store.verify(conn)).ok
+
+
+async def test_what_the_cap_left_owed_is_settled_by_transfers_once_despite_a_crash(lab):
+    store, provider = LedgerStore(), SimulatedProvider()
+    executor = SharingExecutor(lab, store, provider, lease_s=0, poll_s=0, retry_s=0)
+    dealer, guide = f"dlr_{uuid.uuid4().hex[:8]}", f"gd_{uuid.uuid4().hex[:8]}"
+    s = await record(lab, store, paid(dealer, 10_000, 8_000, guide=guide), cap_bp=3_000)
+    await until_completed(executor, lab, s.order.order_id)
+
+    hook, fired = crash_once_at("after_transfer")
+    job = DebtTransferJob(lab, store, provider, hook=hook)
+    with pytest.raises(SimulatedCrash):
+        for _ in range(3):
+            await job.run_once()
+    assert fired == ["after_transfer"]
+    for _ in range(4):  # one transfer per dealer in flight at a time: the brand's debt, then the guide's
+        await job.run_once()
+
+    brand, guide_party = domain.Party(domain.PartyType.BRAND, "brd_lab"), domain.Party(domain.PartyType.GUIDE, guide)
+    debtor = domain.Party(domain.PartyType.DEALER, dealer)
+    expected = [domain.DebtTransfer(brand, debtor, 1, 5_000), domain.DebtTransfer(guide_party, debtor, 1, 100)]
+    assert [e for e in provider.effects if e[0] == "transfer" and e[1] in {t.transfer_no for t in expected}] == [
+        ("transfer", t.transfer_no) for t in expected]
+    async with lab.connect() as conn:
+        assert await store.balances(conn, debtor) == {
+            Purpose.MERCHANT_FROZEN: 0, Purpose.MERCHANT_AVAILABLE: 1_900, Purpose.PAYABLE: 0}
+        assert await store.balances(conn, guide_party) == {Purpose.COMMISSION: 100, Purpose.RECEIVABLE: 0}
+        owed = (await conn.execute(text("SELECT sum(outstanding_fen) FROM debts WHERE debtor_id = :d"),
+                                   {"d": dealer})).scalar_one()
+        assert owed == 0
+        assert (await store.verify(conn)).ok
+
+
+# -- refunds --------------------------------------------------------------------------------------------------
+
+
+async def balances_of(engine, store: LedgerStore, party: domain.Party) -> dict:  # type: ignore[no-untyped-def]
+    async with engine.connect() as conn:
+        return {k: v for k, v in (await store.balances(conn, party)).items() if v}
+
+
+async def test_partial_refunds_after_the_split_are_returned_by_receivers_once_despite_failures(lab):
+    guide = f"gd_{uuid.uuid4().hex[:8]}"
+    store = LedgerStore()
+    provider = SimulatedProvider(Faults(return_failures={f"GUIDE:{guide}": 2}))
+    executor = SharingExecutor(lab, store, provider, lease_s=0, poll_s=0, retry_s=0)
+    dealer = f"dlr_{uuid.uuid4().hex[:8]}"
+    s = await record(lab, store, paid(dealer, 10_000, 6_000, guide=guide))  # brand 6,000, guide 100, dealer 3,900
+    order_id = s.order.order_id
+    await until_completed(executor, lab, order_id)
+    handler = RefundHandler(store)
+
+    async with lab.begin() as conn:
+        assert await handler.apply(conn, Refund(order_id, "rf_1", 3_000))
+    async with lab.begin() as conn:  # the same refund reported again
+        assert not await handler.apply(conn, Refund(order_id, "rf_1", 3_000))
+    async with lab.begin() as conn:
+        with pytest.raises(InvalidArgument):
+            await store.record_refund(conn, Refund(order_id, "rf_1", 2_999))
+    returns = SplitReturnJob(lab, store, provider, retry_s=0)
+    for _ in range(4):
+        await returns.run_once()
+    async with lab.begin() as conn:
+        assert await handler.apply(conn, Refund(order_id, "rf_2", 7_000))  # the rest: a full refund
+    for _ in range(4):
+        await returns.run_once()
+
+    async with lab.connect() as conn:
+        split = await store.split(conn, order_id)
+        rows = (await conn.execute(text("SELECT return_no, amount_fen, state, attempts FROM split_returns "
+                                        "WHERE order_id = :o ORDER BY return_no"), {"o": order_id})).all()
+    assert [leg.refunded_fen for leg in split.legs] == [6_000, 100, 3_900]
+    assert sorted((r.amount_fen, r.state) for r in rows) == [
+        (30, "SUCCESS"), (70, "SUCCESS"), (1_800, "SUCCESS"), (4_200, "SUCCESS")]
+    assert max(r.attempts for r in rows) == 3  # the guide's first return failed twice, then succeeded
+    assert sorted(n for kind, n in provider.effects if kind == "return") == sorted(r.return_no for r in rows)
+    # Everything came back: no party keeps anything of the order.
+    for party in (domain.Party(domain.PartyType.DEALER, dealer), domain.Party(domain.PartyType.GUIDE, guide)):
+        assert await balances_of(lab, store, party) == {}
+    async with lab.connect() as conn:
+        assert (await store.verify(conn)).ok
+
+
+async def test_a_refund_before_the_split_comes_out_of_frozen_funds_and_shrinks_what_is_shared(lab):
+    store, provider = LedgerStore(), SimulatedProvider()
+    executor = SharingExecutor(lab, store, provider, lease_s=0, poll_s=0, retry_s=0)
+    dealer = f"dlr_{uuid.uuid4().hex[:8]}"
+    s = await record(lab, store, paid(dealer, 10_000, 6_000))
+    async with lab.begin() as conn:
+        outcome = await store.record_refund(conn, Refund(s.order.order_id, "rf_early", 5_000))
+    assert outcome.returns == ()
+    split = await until_completed(executor, lab, s.order.order_id)
+
+    assert [(leg.refunded_fen, leg.shared_fen) for leg in split.legs] == [(3_000, 3_000), (2_000, 0)]
+    assert await balances_of(lab, store, domain.Party(domain.PartyType.DEALER, dealer)) == {
+        Purpose.MERCHANT_AVAILABLE: 2_000}
+    brand_share = [row for row in await ledger_of(lab, s.order.order_id) if row[2] == "BRAND"]
+    assert brand_share == [(f"SHARE/{s.order.order_id}/COST_TO_BRAND", 3_000, "BRAND", "brd_lab", "COST_SHARE")]
+
+
+async def test_a_refund_waits_while_the_split_is_being_shared(lab):
+    store = LedgerStore()
+    executor = SharingExecutor(lab, store, SimulatedProvider(Faults(pending_queries=5)), lease_s=0, poll_s=0)
+    s = await record(lab, store, paid(f"dlr_{uuid.uuid4().hex[:8]}", 10_000, 6_000))
+    await executor.run_once()
+    async with lab.begin() as conn:
+        with pytest.raises(FailedPrecondition):
+            await store.record_refund(conn, Refund(s.order.order_id, "rf_mid", 1_000))
+    await until_completed(executor, lab, s.order.order_id, passes=8)
