@@ -54,7 +54,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta, timezone
 from enum import StrEnum
 
 from services.runtime.errors import InvalidArgument
@@ -620,6 +620,43 @@ def transfer_journal(t: DebtTransfer) -> Journal:
         Posting(AccountKey(t.debtor, Purpose.PAYABLE), t.amount_fen),
         Posting(AccountKey(t.creditor, Purpose.RECEIVABLE), -t.amount_fen),
     ], fact=t.transfer_no)
+
+
+# -- statements ----------------------------------------------------------------------------------------------
+
+# Days are China Standard Time, which has no daylight saving: a fixed UTC+8.
+CHINA = timezone(timedelta(hours=8), "CST")
+
+# The accounts whose change over a day is the party's net for the day.
+STATEMENT_PURPOSES = {
+    PartyType.DEALER: (Purpose.MERCHANT_FROZEN, Purpose.MERCHANT_AVAILABLE, Purpose.RECEIVABLE, Purpose.PAYABLE),
+    PartyType.BRAND: (Purpose.COST_SHARE, Purpose.RECEIVABLE, Purpose.PAYABLE),
+}
+
+
+def day_bounds(day: str) -> tuple[datetime, datetime]:
+    """[start, end) of a YYYY-MM-DD day in China Standard Time."""
+    try:
+        d = date.fromisoformat(day)
+    except ValueError as exc:
+        raise InvalidArgument.field("day", f"not a date: {day!r}") from exc
+    start = datetime(d.year, d.month, d.day, tzinfo=CHINA)
+    return start, start + timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Statement:
+    party: Party
+    day: str
+    orders: int
+    gross_fen: int
+    brand_coupon_fen: int
+    cost_to_brand_fen: int
+    commissions_fen: int
+    refunds_fen: int
+    net_fen: int
+    frozen_fen: int
+    available_fen: int
 
 
 # -- verifying the whole ledger ------------------------------------------------------------------------------

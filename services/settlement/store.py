@@ -5,6 +5,7 @@ statement and posting any number of journals is one statement, whatever the numb
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -15,6 +16,7 @@ from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFoun
 
 from . import refunds
 from .domain import (
+    STATEMENT_PURPOSES,
     BreakKind,
     DebtTransfer,
     Journal,
@@ -32,12 +34,17 @@ from .domain import (
     SplitLeg,
     SplitRole,
     SplitState,
+    Statement,
+    day_bounds,
     net_changes,
     owed_after_sharing,
     progress_journals,
+    request_no,
     transfer_amount,
     transfer_journal,
 )
+from .reconciliation import BillLine, BillLineType, Reconciliation, ReconciliationBreak
+from .reconciliation import BreakKind as ReconBreakKind
 from .refunds import Refund, RefundOutcome, SplitReturn, return_journal
 
 # The split row is the claim: ON CONFLICT DO NOTHING makes a second OrderPaid for the order a no-op, and the
@@ -224,6 +231,73 @@ _RETURNS_RETRY = text("""
         next_attempt_at = clock_timestamp() + make_interval(secs => :retry_s)
     FROM unnest(CAST(:nos AS text[]), CAST(:errors AS text[])) AS u(no, error)
     WHERE return_no = u.no AND state = 'REQUESTED'
+""")
+_JOURNAL_PAGE = text("""
+    SELECT p.posting_id, j.journal_id, j.kind, j.business_key, coalesce(j.order_id, '') AS order_id, a.purpose,
+           p.amount_fen, j.created_at
+    FROM accounts a JOIN postings p USING (account_id) JOIN journals j USING (journal_id)
+    WHERE a.party_type = :t AND a.party_id = :i AND p.posting_id > :after
+      AND j.created_at >= :from_time AND j.created_at < :to_time
+    ORDER BY p.posting_id LIMIT :n
+""")
+_DAY_ORDERS = text("""
+    SELECT count(*) AS orders, coalesce(sum(s.paid_fen), 0) AS gross,
+           coalesce(sum(s.brand_funded_discount_fen), 0) AS coupons,
+           coalesce(sum(l.cost), 0) AS cost, coalesce(sum(l.commissions), 0) AS commissions
+    FROM splits s
+    CROSS JOIN LATERAL (
+        SELECT sum(amount_fen) FILTER (WHERE role = 'COST_TO_BRAND') AS cost,
+               sum(amount_fen) FILTER (WHERE role IN ('STORE_COMMISSION', 'GUIDE_COMMISSION', 'PLATFORM_FEE'))
+                   AS commissions
+        FROM split_legs WHERE order_id = s.order_id) l
+    WHERE (CASE WHEN :t = 'DEALER' THEN s.dealer_id ELSE s.brand_id END) = :i
+      AND s.settled_at >= :start AND s.settled_at < :end
+""")
+_DAY_REFUNDS = text("""
+    SELECT coalesce(sum(r.amount_fen), 0) AS refunded FROM refunds r JOIN splits s USING (order_id)
+    WHERE (CASE WHEN :t = 'DEALER' THEN s.dealer_id ELSE s.brand_id END) = :i
+      AND r.recorded_at >= :start AND r.recorded_at < :end
+""")
+_DAY_ACCOUNTS = text("""
+    SELECT a.purpose,
+           coalesce(sum(p.amount_fen) FILTER (WHERE j.created_at >= :start AND j.created_at < :end), 0) AS change,
+           coalesce(sum(p.amount_fen) FILTER (WHERE j.created_at < :end), 0) AS at_end
+    FROM accounts a JOIN postings p USING (account_id) JOIN journals j USING (journal_id)
+    WHERE a.party_type = :t AND a.party_id = :i
+    GROUP BY a.purpose
+""")
+_LEDGER_PAYMENTS = text("""
+    SELECT s.provider_txn_id AS reference, s.paid_fen AS amount
+    FROM splits s JOIN journals j ON j.journal_id = s.payment_journal_id
+    WHERE j.created_at >= :start AND j.created_at < :end
+""")
+_LEDGER_SHARES = text("""
+    SELECT j.order_id, a.party_type, a.party_id, p.amount_fen AS amount
+    FROM journals j JOIN postings p USING (journal_id) JOIN accounts a USING (account_id)
+    WHERE j.kind = 'SHARE' AND p.amount_fen > 0 AND j.created_at >= :start AND j.created_at < :end
+""")
+_LEDGER_REFUNDS = text("""
+    SELECT refund_id AS reference, amount_fen AS amount FROM refunds WHERE recorded_at >= :start AND recorded_at < :end
+""")
+_LEDGER_RETURNS = text("""
+    SELECT return_no AS reference, amount_fen AS amount FROM split_returns
+    WHERE state = 'SUCCESS' AND done_at >= :start AND done_at < :end
+""")
+_LEDGER_TRANSFERS = text("""
+    SELECT transfer_no AS reference, amount_fen AS amount FROM debt_transfers
+    WHERE state = 'DONE' AND done_at >= :start AND done_at < :end
+""")
+# An unchanged result keeps its first reconciled_at: re-running changes nothing.
+_SAVE_RECONCILIATION = text("""
+    INSERT INTO reconciliations AS r (day, bill_lines, ledger_lines, matched, breaks)
+    VALUES (:day, :bill_lines, :ledger_lines, :matched, CAST(:breaks AS jsonb))
+    ON CONFLICT (day) DO UPDATE SET bill_lines = excluded.bill_lines, ledger_lines = excluded.ledger_lines,
+        matched = excluded.matched, breaks = excluded.breaks, reconciled_at = clock_timestamp()
+    WHERE (r.bill_lines, r.ledger_lines, r.matched, r.breaks)
+        IS DISTINCT FROM (excluded.bill_lines, excluded.ledger_lines, excluded.matched, excluded.breaks)
+""")
+_LOAD_RECONCILIATION = text("""
+    SELECT day, bill_lines, ledger_lines, matched, breaks, reconciled_at FROM reconciliations WHERE day = :day
 """)
 _VERIFY_COUNTS = text("""
     SELECT (SELECT count(*) FROM journals) AS journals, (SELECT count(*) FROM postings) AS postings,
@@ -480,3 +554,60 @@ class LedgerStore:
         if failed:
             await conn.execute(_RETURNS_RETRY, {"nos": [r.return_no for r, _ in failed],
                                                 "errors": [e[:500] for _, e in failed], "retry_s": retry_s})
+
+    # -- reading a party's figures -----------------------------------------------------------------------
+
+    async def journal_page(self, conn: AsyncConnection, party: Party, from_time: datetime, to_time: datetime,
+                           after_posting: int, limit: int) -> list:
+        """Up to `limit` of the party's postings after posting id `after_posting`, oldest first."""
+        return list((await conn.execute(_JOURNAL_PAGE, {
+            "t": party.type.value, "i": party.id, "after": after_posting, "from_time": from_time,
+            "to_time": to_time, "n": limit})).all())
+
+    async def statement(self, conn: AsyncConnection, party: Party, day: str) -> Statement:
+        start, end = day_bounds(day)
+        args = {"t": party.type.value, "i": party.id, "start": start, "end": end}
+        o = (await conn.execute(_DAY_ORDERS, args)).one()
+        refunded = (await conn.execute(_DAY_REFUNDS, args)).scalar_one()
+        accounts = {Purpose(r.purpose): r for r in (await conn.execute(_DAY_ACCOUNTS, args)).all()}
+        net = sum(int(accounts[p].change) for p in STATEMENT_PURPOSES[party.type] if p in accounts)
+
+        def at_end(purpose: Purpose) -> int:
+            return int(accounts[purpose].at_end) if purpose in accounts else 0
+
+        if party.type is PartyType.DEALER:
+            frozen, available = at_end(Purpose.MERCHANT_FROZEN), at_end(Purpose.MERCHANT_AVAILABLE)
+        else:
+            frozen, available = 0, at_end(Purpose.COST_SHARE)
+        return Statement(party, day, o.orders, int(o.gross), int(o.coupons), int(o.cost), int(o.commissions),
+                         int(refunded), net, frozen, available)
+
+    # -- reconciliation ----------------------------------------------------------------------------------
+
+    async def ledger_bill_lines(self, conn: AsyncConnection, day: str) -> list[BillLine]:
+        """What the provider's bill for the day should list, as the ledger and its tables record it."""
+        start, end = day_bounds(day)
+        args = {"start": start, "end": end}
+        lines = [BillLine(BillLineType.PAYMENT, r.reference, r.amount)
+                 for r in (await conn.execute(_LEDGER_PAYMENTS, args)).all()]
+        lines += [BillLine(BillLineType.SHARE, f"{request_no(r.order_id, 'share')}/{r.party_type}:{r.party_id}",
+                           r.amount) for r in (await conn.execute(_LEDGER_SHARES, args)).all()]
+        for kind, query in ((BillLineType.REFUND, _LEDGER_REFUNDS), (BillLineType.SPLIT_RETURN, _LEDGER_RETURNS),
+                            (BillLineType.TRANSFER, _LEDGER_TRANSFERS)):
+            lines += [BillLine(kind, r.reference, r.amount) for r in (await conn.execute(query, args)).all()]
+        return lines
+
+    async def save_reconciliation(self, conn: AsyncConnection, rec: Reconciliation) -> None:
+        await conn.execute(_SAVE_RECONCILIATION, {
+            "day": rec.day, "bill_lines": rec.bill_lines, "ledger_lines": rec.ledger_lines, "matched": rec.matched,
+            "breaks": json.dumps([{"kind": b.kind.value, "type": b.type.value, "reference": b.reference,
+                                   "bill_fen": b.bill_fen, "ledger_fen": b.ledger_fen} for b in rec.breaks])})
+
+    async def reconciliation(self, conn: AsyncConnection, day: str) -> Reconciliation | None:
+        row = (await conn.execute(_LOAD_RECONCILIATION, {"day": day})).first()
+        if row is None:
+            return None
+        breaks = row.breaks if isinstance(row.breaks, list) else json.loads(row.breaks)
+        return Reconciliation(row.day, row.bill_lines, row.ledger_lines, row.matched, tuple(
+            ReconciliationBreak(ReconBreakKind(b["kind"]), BillLineType(b["type"]), b["reference"], b["bill_fen"],
+                                b["ledger_fen"]) for b in breaks), row.reconciled_at)
