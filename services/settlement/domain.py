@@ -82,6 +82,8 @@ class Purpose(StrEnum):
     PAYABLE = "PAYABLE"
     COMMISSION = "COMMISSION"
     PLATFORM_FEE = "PLATFORM_FEE"
+    COUPON_SUBSIDY = "COUPON_SUBSIDY"
+    VOUCHER_REIMBURSEMENT = "VOUCHER_REIMBURSEMENT"
 
 
 class JournalKind(StrEnum):
@@ -96,6 +98,8 @@ class JournalKind(StrEnum):
     REFUND = "REFUND"
     # A receiver gave back (part of) its share after a refund (分账回退).
     SPLIT_RETURN = "SPLIT_RETURN"
+    # The brand reimburses a store for a brand-funded voucher redeemed at its counter.
+    VOUCHER_REIMBURSEMENT = "VOUCHER_REIMBURSEMENT"
 
 
 class SplitState(StrEnum):
@@ -620,6 +624,33 @@ def transfer_journal(t: DebtTransfer) -> Journal:
         Posting(AccountKey(t.debtor, Purpose.PAYABLE), t.amount_fen),
         Posting(AccountKey(t.creditor, Purpose.RECEIVABLE), -t.amount_fen),
     ], fact=t.transfer_no)
+
+
+# -- vouchers redeemed at a store counter -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CounterRedemption:
+    code: str
+    brand_id: str
+    store_id: str
+    reimbursement_fen: int
+
+
+def reimbursement_journal(r: CounterRedemption) -> Journal:
+    """The brand pays the store the voucher's value: out of the brand's coupon subsidy, once per voucher."""
+    violations = [(f"coupon.{name}", "must not be empty") for name in ("code", "brand_id")
+                  if not getattr(r, name)]
+    if not r.store_id:
+        violations.append(("store_id", "must not be empty"))
+    if r.reimbursement_fen <= 0:
+        violations.append(("reimbursement_fen", "must be positive"))
+    if violations:
+        raise InvalidArgument(violations)
+    return Journal.of(JournalKind.VOUCHER_REIMBURSEMENT, "", [
+        Posting(AccountKey(Party(PartyType.BRAND, r.brand_id), Purpose.COUPON_SUBSIDY), -r.reimbursement_fen),
+        Posting(AccountKey(Party(PartyType.STORE, r.store_id), Purpose.VOUCHER_REIMBURSEMENT), r.reimbursement_fen),
+    ], fact=r.code)
 
 
 # -- statements ----------------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC
 
+from omo.marketing.v1 import events_pb2 as marketing_events
+from omo.marketing.v1 import marketing_pb2
 from omo.orders.v1 import events_pb2, orders_pb2
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -80,3 +82,24 @@ class RefundHandler:
             return await self.store.record_refund(conn, refund) is not None
         except InvalidArgument as exc:
             raise PermanentError(f"cannot refund order {refund.order_id!r}: {exc.message}") from exc
+
+
+class CounterRedemptionHandler:
+    """marketing.coupon.redeemed_at_counter -> the brand reimburses the store, once per voucher."""
+
+    def __init__(self, store: LedgerStore):
+        self.store = store
+
+    async def __call__(self, conn: AsyncConnection, event: marketing_events.CouponRedeemedAtCounter,
+                       delivery: Delivery) -> None:
+        if event.coupon.funder != marketing_pb2.FUNDER_BRAND:
+            _log.info("voucher not funded by the brand: nothing to reimburse", code=event.coupon.code)
+            return
+        redemption = domain.CounterRedemption(event.coupon.code, event.coupon.brand_id, event.store_id,
+                                              event.reimbursement_fen)
+        try:
+            done = await self.store.reimburse(conn, redemption)
+        except InvalidArgument as exc:
+            raise PermanentError(f"cannot reimburse voucher {event.coupon.code!r}: {exc.message}") from exc
+        if not done:
+            _log.info("voucher already reimbursed", code=event.coupon.code, message_id=delivery.message_id)

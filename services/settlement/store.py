@@ -18,6 +18,7 @@ from . import refunds
 from .domain import (
     STATEMENT_PURPOSES,
     BreakKind,
+    CounterRedemption,
     DebtTransfer,
     Journal,
     LedgerBreak,
@@ -39,6 +40,7 @@ from .domain import (
     net_changes,
     owed_after_sharing,
     progress_journals,
+    reimbursement_journal,
     request_no,
     transfer_amount,
     transfer_journal,
@@ -298,6 +300,11 @@ _SAVE_RECONCILIATION = text("""
 """)
 _LOAD_RECONCILIATION = text("""
     SELECT day, bill_lines, ledger_lines, matched, breaks, reconciled_at FROM reconciliations WHERE day = :day
+""")
+_CLAIM_REIMBURSEMENT = text("""
+    INSERT INTO voucher_reimbursements (code, brand_id, store_id, amount_fen, journal_id)
+    VALUES (:code, :brand_id, :store_id, :amount, :journal_id)
+    ON CONFLICT (code) DO NOTHING RETURNING code
 """)
 _VERIFY_COUNTS = text("""
     SELECT (SELECT count(*) FROM journals) AS journals, (SELECT count(*) FROM postings) AS postings,
@@ -611,3 +618,16 @@ class LedgerStore:
         return Reconciliation(row.day, row.bill_lines, row.ledger_lines, row.matched, tuple(
             ReconciliationBreak(ReconBreakKind(b["kind"]), BillLineType(b["type"]), b["reference"], b["bill_fen"],
                                 b["ledger_fen"]) for b in breaks), row.reconciled_at)
+
+    # -- vouchers ----------------------------------------------------------------------------------------
+
+    async def reimburse(self, conn: AsyncConnection, redemption: CounterRedemption) -> bool:
+        """Book the brand's reimbursement of a counter-redeemed voucher; False if it was booked before."""
+        journal = reimbursement_journal(redemption)
+        claimed = (await conn.execute(_CLAIM_REIMBURSEMENT, {
+            "code": redemption.code, "brand_id": redemption.brand_id, "store_id": redemption.store_id,
+            "amount": redemption.reimbursement_fen, "journal_id": journal.journal_id})).first()
+        if claimed is None:
+            return False
+        await self.post(conn, [journal])
+        return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from omo.marketing.v1 import events_pb2 as marketing_events
 from omo.orders.v1 import events_pb2 as orders_events
 from omo.settlement.v1 import settlement_pb2, settlement_pb2_grpc
 
@@ -10,7 +11,7 @@ from services.runtime.server import Runtime, Wiring
 
 from .api import SettlementApi
 from .config import SettlementConfig
-from .events import OrderPaidHandler
+from .events import CounterRedemptionHandler, OrderPaidHandler
 from .executor import DebtTransferJob, SharingExecutor, SplitReturnJob
 from .provider import SimulatedProvider
 from .store import LedgerStore
@@ -31,6 +32,8 @@ async def wire(rt: Runtime) -> Wiring:
         subscriptions=[
             Subscription("settlement-order-paid", "ORDERS", "orders.order.paid", orders_events.OrderPaid,
                          OrderPaidHandler(store, cfg)),
+            Subscription("settlement-counter-redemption", "MARKETING", "marketing.coupon.redeemed_at_counter",
+                         marketing_events.CouponRedeemedAtCounter, CounterRedemptionHandler(store)),
         ],
         jobs=[executor.run, returns.run, lambda: transfers.run(cfg.transfer_interval_s)],
     )

@@ -307,3 +307,14 @@ def test_a_brand_funded_coupon_never_changes_the_dealer_profit(lines, data):
     assert not a.split.receivables and not b.split.receivables
     assert leg(a, SplitRole.PROFIT_TO_DEALER) == leg(b, SplitRole.PROFIT_TO_DEALER) == margin
     assert leg(b, SplitRole.COST_TO_BRAND) == leg(a, SplitRole.COST_TO_BRAND) - discount
+
+
+def test_a_counter_redeemed_voucher_moves_the_brand_subsidy_to_the_store_once_per_voucher():
+    j = domain.reimbursement_journal(domain.CounterRedemption("CPN-1", BRAND.id, "str_9", 8_800))
+    assert j.business_key == "VOUCHER_REIMBURSEMENT/CPN-1"
+    assert [(p.account.party, p.account.purpose, p.amount_fen) for p in j.postings] == [
+        (BRAND, Purpose.COUPON_SUBSIDY, -8_800),
+        (Party(PartyType.STORE, "str_9"), Purpose.VOUCHER_REIMBURSEMENT, 8_800)]
+    with pytest.raises(InvalidArgument) as err:
+        domain.reimbursement_journal(domain.CounterRedemption("CPN-1", BRAND.id, "", 0))
+    assert [f for f, _ in err.value.violations] == ["store_id", "reimbursement_fen"]
