@@ -107,6 +107,11 @@ class SharingExecutor:
             # Keep what the provider did confirm; the failed step is retried later with the same number.
             _log.info("provider step failed; will retry", order_id=before.order_id, error=repr(exc))
             return Progress(before, split, error=repr(exc)[:500], retry_s=self.retry_s)
+        except Exception as exc:
+            # An answer we cannot make sense of (ProviderDisagrees, a bug): park this split for a while and
+            # keep the rest of the batch moving.
+            _log.error("sharing step failed", order_id=before.order_id, error=repr(exc))
+            return Progress(before, before, error=repr(exc)[:500], retry_s=max(self.retry_s, 30.0))
         if split.state is SplitState.COMPLETED:
             return Progress(before, split)
         return Progress(before, split, retry_s=self.poll_s)

@@ -115,8 +115,9 @@ class SharingProvider(Protocol):
 # -- the simulator ------------------------------------------------------------------------------------------
 
 
-class SimulatedCrash(Exception):
-    """Raised by a test hook to stop the executor between two steps, as a process crash would."""
+class SimulatedCrash(BaseException):
+    """Raised by a test hook to stop the executor between two steps, as a process crash would: a
+    BaseException, so no error handling on the way up mistakes it for a failed step."""
 
 
 @dataclass

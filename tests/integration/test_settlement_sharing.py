@@ -6,6 +6,7 @@ migrations), so no running service works on these splits meanwhile."""
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import uuid
 
@@ -308,3 +309,27 @@ async def test_a_refund_waits_while_the_split_is_being_shared(lab):
         with pytest.raises(FailedPrecondition):
             await store.record_refund(conn, Refund(s.order.order_id, "rf_mid", 1_000))
     await until_completed(executor, lab, s.order.order_id, passes=8)
+
+
+async def test_a_provider_answer_that_disagrees_parks_that_split_and_the_batch_moves_on(lab):
+    class Garbled(SimulatedProvider):
+        async def create_order(self, out_order_no, transaction_id, merchant, receivers):  # type: ignore[no-untyped-def]
+            result = await super().create_order(out_order_no, transaction_id, merchant, receivers)
+            if transaction_id == bad.order.provider_txn_id:
+                return dataclasses.replace(result, receivers=tuple(
+                    dataclasses.replace(r, amount_fen=r.amount_fen + 1) for r in result.receivers))
+            return result
+
+    store = LedgerStore()
+    executor = SharingExecutor(lab, store, Garbled(), lease_s=0, poll_s=0, retry_s=0)
+    bad = await record(lab, store, paid(f"dlr_{uuid.uuid4().hex[:8]}", 10_000, 6_000))
+    good = await record(lab, store, paid(f"dlr_{uuid.uuid4().hex[:8]}", 10_000, 6_000))
+    await until_completed(executor, lab, good.order.order_id)
+    async with lab.connect() as conn:
+        parked = await store.split(conn, bad.order.order_id)
+        error = (await conn.execute(text("SELECT last_error FROM splits WHERE order_id = :o"),
+                                    {"o": bad.order.order_id})).scalar_one()
+    assert parked.state is SplitState.SCHEDULED
+    assert "ProviderDisagrees" in error
+    # Only the payment is booked: nothing was shared on an answer that does not match the request.
+    assert [row[0] for row in await ledger_of(lab, bad.order.order_id)] == [f"ORDER_PAYMENT/{bad.order.order_id}"] * 2
