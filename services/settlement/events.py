@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.runtime import log
 from services.runtime.consumer import Delivery, PermanentError
-from services.runtime.errors import InvalidArgument
+from services.runtime.errors import FailedPrecondition, InvalidArgument
 
 from . import domain
 from .config import SettlementConfig
@@ -70,18 +70,23 @@ class RefundHandler:
 
     Not subscribed yet: it is to consume `omo.orders.v1.OrderRefunded` on `orders.order.refunded` once orders
     publishes it (order id, provider refund id, amount in fen). A refund that can never apply (more than is
-    left to refund) is dead-lettered; one that arrives while the provider is mid-way through the split is
-    retried by redelivery."""
+    left to refund) is dead-lettered; one that arrives while the provider is mid-way through the split waits
+    and is applied by the split-return job once the split completes."""
 
     def __init__(self, store: LedgerStore):
         self.store = store
 
-    async def apply(self, conn: AsyncConnection, refund: Refund) -> bool:
-        """True if the refund took effect now, False if it had been recorded before."""
+    async def apply(self, conn: AsyncConnection, refund: Refund) -> str:
+        """`applied`, `replayed` (recorded before: no effect) or `waiting` (applied once the split completes).
+        Every check runs before anything is written, so a refused refund leaves the transaction clean."""
         try:
-            return await self.store.record_refund(conn, refund) is not None
+            outcome = await self.store.record_refund(conn, refund)
         except InvalidArgument as exc:
             raise PermanentError(f"cannot refund order {refund.order_id!r}: {exc.message}") from exc
+        except FailedPrecondition:
+            await self.store.wait_refund(conn, refund)
+            return "waiting"
+        return "applied" if outcome is not None else "replayed"
 
 
 class CounterRedemptionHandler:

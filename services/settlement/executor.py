@@ -189,8 +189,8 @@ class DebtTransferJob:
 
 
 class SplitReturnJob:
-    """Asks receivers for the split returns refunds call for, with the same request number until each one
-    succeeds, and books each success once."""
+    """Applies refunds that waited for their split to complete, then asks receivers for the split returns
+    refunds call for, with the same request number until each one succeeds, and books each success once."""
 
     def __init__(self, engine: AsyncEngine, store: LedgerStore, provider: SharingProvider, *, batch: int = 200,
                  retry_s: float = 5.0, hook: StepHook = _no_hook):
@@ -212,6 +212,7 @@ class SplitReturnJob:
                 await asyncio.sleep(idle_s)
 
     async def run_once(self) -> int:
+        await self.apply_waiting_refunds()
         async with self.engine.connect() as conn:
             due = await self.store.due_returns(conn, self.batch)
         done, failed = [], []
@@ -231,3 +232,16 @@ class SplitReturnJob:
             async with self.engine.begin() as conn:
                 await self.store.finish_returns(conn, done, failed, self.retry_s)
         return len(due)
+
+    async def apply_waiting_refunds(self) -> int:
+        async with self.engine.connect() as conn:
+            ready = await self.store.ready_refunds(conn, self.batch)
+        for refund in ready:
+            try:
+                async with self.engine.begin() as conn:
+                    await self.store.record_refund(conn, refund)
+                    await self.store.unwait_refund(conn, refund)
+            except Exception as exc:  # e.g. more than is left: keep it visible, do not block the others
+                _log.error("waiting refund cannot apply", order_id=refund.order_id, refund_id=refund.refund_id,
+                           error=repr(exc))
+        return len(ready)

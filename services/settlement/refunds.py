@@ -23,7 +23,8 @@ Where the money comes from depends on how far the split got:
       receiver <its leg account> −x, dealer MERCHANT_AVAILABLE +x, receiver PAYABLE +x, dealer RECEIVABLE −x
   A refund that completes the full amount also reverses the shortfalls the split booked (each debt is
   matched by an equal debt the other way).
-- SHARING / UNFREEZING: the provider is mid-way; the refund waits (FailedPrecondition, retried).
+- SHARING / UNFREEZING: the provider is mid-way; `refund` refuses (FailedPrecondition) and the caller keeps
+  the refund waiting until the split completes (events.RefundHandler, executor.SplitReturnJob).
 """
 
 from __future__ import annotations

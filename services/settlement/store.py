@@ -306,6 +306,16 @@ _CLAIM_REIMBURSEMENT = text("""
     VALUES (:code, :brand_id, :store_id, :amount, :journal_id)
     ON CONFLICT (code) DO NOTHING RETURNING code
 """)
+_WAIT_REFUND = text("""
+    INSERT INTO waiting_refunds (order_id, refund_id, amount_fen) VALUES (:o, :r, :amount)
+    ON CONFLICT (order_id, refund_id) DO NOTHING
+""")
+# Waiting refunds whose split has finished sharing, oldest first.
+_READY_REFUNDS = text("""
+    SELECT w.order_id, w.refund_id, w.amount_fen FROM waiting_refunds w JOIN splits s USING (order_id)
+    WHERE s.state = 'COMPLETED' ORDER BY w.received_at LIMIT :n
+""")
+_UNWAIT_REFUND = text("DELETE FROM waiting_refunds WHERE order_id = :o AND refund_id = :r")
 _VERIFY_COUNTS = text("""
     SELECT (SELECT count(*) FROM journals) AS journals, (SELECT count(*) FROM postings) AS postings,
            (SELECT count(*) FROM accounts) AS accounts, (SELECT count(*) FROM splits) AS splits,
@@ -537,6 +547,17 @@ class LedgerStore:
         if outcome.owed:
             await self.add_debts(conn, outcome.owed)
         return outcome
+
+    async def wait_refund(self, conn: AsyncConnection, refund: Refund) -> None:
+        """Keep a refund that cannot apply yet (the split is being shared) until the split completes."""
+        await conn.execute(_WAIT_REFUND, {"o": refund.order_id, "r": refund.refund_id, "amount": refund.amount_fen})
+
+    async def ready_refunds(self, conn: AsyncConnection, limit: int) -> list[Refund]:
+        return [Refund(r.order_id, r.refund_id, r.amount_fen)
+                for r in (await conn.execute(_READY_REFUNDS, {"n": limit})).all()]
+
+    async def unwait_refund(self, conn: AsyncConnection, refund: Refund) -> None:
+        await conn.execute(_UNWAIT_REFUND, {"o": refund.order_id, "r": refund.refund_id})
 
     async def add_debts(self, conn: AsyncConnection, owed: Sequence[Receivable]) -> None:
         await conn.execute(_ADD_DEBTS, {

@@ -253,9 +253,9 @@ async def test_partial_refunds_after_the_split_are_returned_by_receivers_once_de
     handler = RefundHandler(store)
 
     async with lab.begin() as conn:
-        assert await handler.apply(conn, Refund(order_id, "rf_1", 3_000))
+        assert await handler.apply(conn, Refund(order_id, "rf_1", 3_000)) == "applied"
     async with lab.begin() as conn:  # the same refund reported again
-        assert not await handler.apply(conn, Refund(order_id, "rf_1", 3_000))
+        assert await handler.apply(conn, Refund(order_id, "rf_1", 3_000)) == "replayed"
     async with lab.begin() as conn:
         with pytest.raises(InvalidArgument):
             await store.record_refund(conn, Refund(order_id, "rf_1", 2_999))
@@ -263,7 +263,7 @@ async def test_partial_refunds_after_the_split_are_returned_by_receivers_once_de
     for _ in range(4):
         await returns.run_once()
     async with lab.begin() as conn:
-        assert await handler.apply(conn, Refund(order_id, "rf_2", 7_000))  # the rest: a full refund
+        assert await handler.apply(conn, Refund(order_id, "rf_2", 7_000)) == "applied"  # the rest: a full refund
     for _ in range(4):
         await returns.run_once()
 
@@ -300,15 +300,33 @@ async def test_a_refund_before_the_split_comes_out_of_frozen_funds_and_shrinks_w
     assert brand_share == [(f"SHARE/{s.order.order_id}/COST_TO_BRAND", 3_000, "BRAND", "brd_lab", "COST_SHARE")]
 
 
-async def test_a_refund_waits_while_the_split_is_being_shared(lab):
-    store = LedgerStore()
-    executor = SharingExecutor(lab, store, SimulatedProvider(Faults(pending_queries=5)), lease_s=0, poll_s=0)
-    s = await record(lab, store, paid(f"dlr_{uuid.uuid4().hex[:8]}", 10_000, 6_000))
+async def test_a_refund_arriving_mid_sharing_waits_and_is_applied_once_the_split_completes(lab):
+    store, provider = LedgerStore(), SimulatedProvider(Faults(pending_queries=2))
+    executor = SharingExecutor(lab, store, provider, lease_s=0, poll_s=0)
+    dealer = f"dlr_{uuid.uuid4().hex[:8]}"
+    s = await record(lab, store, paid(dealer, 10_000, 6_000))
+    order_id = s.order.order_id
     await executor.run_once()
     async with lab.begin() as conn:
         with pytest.raises(FailedPrecondition):
-            await store.record_refund(conn, Refund(s.order.order_id, "rf_mid", 1_000))
-    await until_completed(executor, lab, s.order.order_id, passes=8)
+            await store.record_refund(conn, Refund(order_id, "rf_mid", 1_000))
+    async with lab.begin() as conn:
+        assert await RefundHandler(store).apply(conn, Refund(order_id, "rf_mid", 1_000)) == "waiting"
+    returns = SplitReturnJob(lab, store, provider, retry_s=0)
+    await returns.run_once()  # the split is still being shared: the refund keeps waiting
+    assert not [row for row in await ledger_of(lab, order_id) if row[0].startswith("REFUND/")]
+
+    await until_completed(executor, lab, order_id, passes=8)
+    await returns.run_once()
+    await returns.run_once()
+    assert [row[:2] for row in await ledger_of(lab, order_id) if row[0].startswith(("REFUND/", "SPLIT_RETURN/"))
+            and row[2] == "BRAND"] == [(f"REFUND/{order_id}/rf_mid", -600),
+                                       (f"SPLIT_RETURN/{order_id}/rf_mid/COST_TO_BRAND", -600),
+                                       (f"SPLIT_RETURN/{order_id}/rf_mid/COST_TO_BRAND", 600)]
+    async with lab.connect() as conn:
+        waiting = (await conn.execute(text("SELECT count(*) FROM waiting_refunds WHERE order_id = :o"),
+                                      {"o": order_id})).scalar_one()
+    assert waiting == 0
 
 
 async def test_a_provider_answer_that_disagrees_parks_that_split_and_the_batch_moves_on(lab):
