@@ -70,13 +70,21 @@ def print_demo(result: DemoResult) -> None:
     split.add_column("receiver")
     split.add_column("role")
     split.add_column("amount", justify="right")
+    split.add_column("shared via provider", justify="right")
+    split.add_column("owed (over cap)", justify="right")
+    split.add_column("state")
     from omo.settlement.v1 import settlement_pb2 as stl
 
     for leg in result.split.legs:
+        dealer = leg.role == stl.SPLIT_ROLE_PROFIT_TO_DEALER
         split.add_row(f"{stl.PartyType.Name(leg.receiver.type).removeprefix('PARTY_TYPE_').lower()} "
                       f"{leg.receiver.id}", stl.SplitRole.Name(leg.role).removeprefix("SPLIT_ROLE_"),
-                      _yuan(leg.amount_fen))
+                      _yuan(leg.amount_fen), "unfrozen" if dealer else _yuan(leg.shared_fen),
+                      "" if dealer else _yuan(leg.deferred_fen),
+                      stl.LegState.Name(leg.state).removeprefix("LEG_STATE_"))
     console.print(split)
+    console.print(f"at most {_yuan(result.split.cap_fen)} may leave the dealer's merchant account through profit "
+                  "sharing; the rest of each leg is owed and settled by periodic transfer")
 
 
 def _status_name(status: int) -> str:
