@@ -318,3 +318,20 @@ def test_a_counter_redeemed_voucher_moves_the_brand_subsidy_to_the_store_once_pe
     with pytest.raises(InvalidArgument) as err:
         domain.reimbursement_journal(domain.CounterRedemption("CPN-1", BRAND.id, "", 0))
     assert [f for f, _ in err.value.violations] == ["store_id", "reimbursement_fen"]
+
+
+@settings(deadline=None)
+@given(orders(), split_rates(), st.integers(0, 10_000))
+def test_no_more_than_the_cap_is_shared_and_the_rest_of_each_leg_is_owed(o, rates, cap_bp):
+    s = domain.settle(o, rates, cap_bp)
+    receivers = [leg for leg in s.split.legs if leg.role is not SplitRole.PROFIT_TO_DEALER]
+    assert s.split.cap_fen == o.payable_fen * cap_bp // 10_000
+    assert sum(leg.shared_fen for leg in receivers) <= s.split.cap_fen
+    assert all(0 <= leg.shared_fen <= leg.amount_fen for leg in receivers)
+    if sum(leg.amount_fen for leg in receivers) <= s.split.cap_fen:
+        assert all(leg.deferred_fen == 0 for leg in receivers)
+    # Carried out in full, every party still ends with its unclamped figure: what the cap held back is owed.
+    c = changes(s)
+    for party, figure in unclamped(o, rates).items():
+        assert sum(v for (p, _), v in c.items() if p == party) == figure
+    assert c[(DEALER, Purpose.MERCHANT_FROZEN)] == 0
