@@ -12,7 +12,7 @@ from services.cli.seed import seed
 from services.cli.stack import Stack, StackOptions
 from services.cli.stubs import Stubs
 
-from . import orders_flow
+from . import ledger, orders_flow
 from .stats import write
 
 
@@ -21,6 +21,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per scenario")
     parser.add_argument("--buyers", type=int, default=48, help="concurrent buyers")
     parser.add_argument("--skus", type=int, default=200, help="SKUs in the range the buyers pick from")
+    parser.add_argument("--ledger-duration", type=float, default=8.0,
+                        help="seconds for each of the ledger's batched and naive runs")
     parser.add_argument("--no-fsync", action="store_true", help="run Postgres without durability (diagnosis only)")
     args = parser.parse_args()
     home = pathlib.Path(tempfile.mkdtemp(prefix="omo-bench-"))
@@ -34,12 +36,15 @@ def main() -> None:
         stubs.close()
         results.update(asyncio.run(orders_flow.run(stack.address("orders"), stack.nats_url, world,
                                                    duration_s=args.duration, buyers=args.buyers)))
+        results.update(asyncio.run(ledger.run(stack.admin_url, duration_s=args.ledger_duration)))
     finally:
         stack.stop()
     summary = (f"{results.get('orders_per_s')} orders/s fully settled (placed→paid→dispatched→split), "
                f"PlaceOrder p50/p95/p99 {results.get('place_p50_ms')}/{results.get('place_p95_ms')}/"
                f"{results.get('place_p99_ms')} ms, event lag p99 {results.get('event_lag_p99_ms')} ms, "
-               f"{results.get('buyers')} buyers on {__import__('os').cpu_count()} cores")
+               f"{results.get('buyers')} buyers on {__import__('os').cpu_count()} cores; ledger "
+               f"{results.get('ledger_postings_per_s')} postings/s batched vs "
+               f"{results.get('ledger_naive_postings_per_s')} one journal per transaction")
     path = write(results, summary)
     print(summary)
     print(f"results: {path}")

@@ -13,12 +13,13 @@ from services.runtime.errors import InvalidArgument
 from .domain import Coupon, CouponStatus, Funder, Redemption
 
 _COUPON_COLS = ("code, brand_id, consumer_id, funder, face_value_fen, min_order_fen, status, redeemed_order_id, "
-                "issued_at, redeemed_at")
+                "issued_at, redeemed_at, redeemed_store_id")
 _REDEMPTION_COLS = "code, order_id, discount_fen, order_subtotal_fen, idempotency_key, request_hash, redeemed_at"
 
 _ADD_COUPON = text(
     f"INSERT INTO coupons ({_COUPON_COLS}) VALUES (:code, :brand_id, :consumer_id, :funder, :face_value_fen, "
-    ":min_order_fen, :status, :redeemed_order_id, :issued_at, :redeemed_at) ON CONFLICT (code) DO NOTHING"
+    ":min_order_fen, :status, :redeemed_order_id, :issued_at, :redeemed_at, :redeemed_store_id) "
+    "ON CONFLICT (code) DO NOTHING"
 )
 _COUPON = text(f"SELECT {_COUPON_COLS} FROM coupons WHERE code = :code")
 # The lock serializes every redemption attempt on one coupon. The key lookup rides along in the same round
@@ -47,10 +48,23 @@ _REDEEM = text(
 )
 
 
+_REDEEM_AT_COUNTER = text(
+    """
+    WITH redeemed AS (
+        UPDATE coupons SET status = 'REDEEMED', redeemed_store_id = :store_id, redeemed_at = :redeemed_at
+        WHERE code = :code AND status = 'ISSUED'
+        RETURNING code
+    )
+    INSERT INTO counter_redemptions (code, store_id, reimbursement_fen, redeemed_at)
+    SELECT code, :store_id, :reimbursement_fen, :redeemed_at FROM redeemed
+    """
+)
+
+
 def _coupon(row: Any) -> Coupon:
     return Coupon(row.code, row.brand_id, row.consumer_id, Funder(row.funder), row.face_value_fen,
                   row.min_order_fen, CouponStatus(row.status), row.redeemed_order_id, row.issued_at,
-                  row.redeemed_at)
+                  row.redeemed_at, row.redeemed_store_id)
 
 
 def _redemption(row: Any) -> Redemption:
@@ -96,5 +110,13 @@ class MarketingStore:
             if "redemptions_idempotency_key" in str(err.orig):
                 raise InvalidArgument.field("idempotency_key", "was already used for a different request") from err
             raise
+        if result.rowcount != 1:
+            raise RuntimeError(f"coupon {coupon.code!r} was not ISSUED under its lock")
+
+    async def record_counter_redemption(self, conn: AsyncConnection, coupon: Coupon) -> None:
+        """Write a voucher redeemed at a counter. The coupon must be locked by this transaction."""
+        result = await conn.execute(_REDEEM_AT_COUNTER, {
+            "code": coupon.code, "store_id": coupon.redeemed_store_id, "redeemed_at": coupon.redeemed_at,
+            "reimbursement_fen": coupon.face_value_fen})
         if result.rowcount != 1:
             raise RuntimeError(f"coupon {coupon.code!r} was not ISSUED under its lock")
