@@ -6,9 +6,9 @@ import os
 
 from omo.marketing.v1 import events_pb2, marketing_pb2_grpc
 from omo.marketing.v1 import marketing_pb2 as pb
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.runtime import outbox, timestamps
+from services.runtime.db import Connection, Database
 from services.runtime.errors import NotFound
 from services.runtime.idempotency import request_hash, run_idempotent
 from services.runtime.tenancy import require_party
@@ -39,7 +39,7 @@ def coupon_pb(c: domain.Coupon) -> pb.Coupon:
 
 
 class MarketingApi(marketing_pb2_grpc.MarketingServiceServicer):
-    def __init__(self, engine: AsyncEngine, store: MarketingStore):
+    def __init__(self, engine: Database, store: MarketingStore):
         self.engine = engine
         self.store = store
 
@@ -47,7 +47,7 @@ class MarketingApi(marketing_pb2_grpc.MarketingServiceServicer):
         # The brand pays for what it issues: only the brand itself (or an internal caller) may issue.
         require_party("brand", request.brand_id)
 
-        async def effect(conn: AsyncConnection) -> pb.IssueCouponResponse:
+        async def effect(conn: Connection) -> pb.IssueCouponResponse:
             for _ in range(_CODE_DRAWS):
                 coupon = domain.issue(
                     domain.coupon_code(os.urandom(domain.CODE_ENTROPY_BYTES)), request.brand_id,
@@ -100,7 +100,7 @@ class MarketingApi(marketing_pb2_grpc.MarketingServiceServicer):
     async def RedeemAtCounter(self, request: pb.RedeemAtCounterRequest, context) -> pb.RedeemAtCounterResponse:
         require_party("store", request.store_id)
 
-        async def effect(conn: AsyncConnection) -> pb.RedeemAtCounterResponse:
+        async def effect(conn: Connection) -> pb.RedeemAtCounterResponse:
             code = domain.normalize_code(request.code)
             coupon, _ = await self.store.lock_coupon(conn, code, request.idempotency_key)
             if coupon is None:

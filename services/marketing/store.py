@@ -6,8 +6,8 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.runtime.db import Connection
 from services.runtime.errors import InvalidArgument
 
 from .domain import Coupon, CouponStatus, Funder, Redemption
@@ -73,17 +73,17 @@ def _redemption(row: Any) -> Redemption:
 
 
 class MarketingStore:
-    async def add_coupon(self, conn: AsyncConnection, coupon: Coupon) -> bool:
+    async def add_coupon(self, conn: Connection, coupon: Coupon) -> bool:
         """False if the code is taken (a 2^-60 event per existing coupon): the caller draws another."""
         result = await conn.execute(_ADD_COUPON, {**vars(coupon), "funder": coupon.funder.value,
                                                   "status": coupon.status.value})
         return result.rowcount == 1
 
-    async def coupon(self, conn: AsyncConnection, code: str) -> Coupon | None:
+    async def coupon(self, conn: Connection, code: str) -> Coupon | None:
         row = (await conn.execute(_COUPON, {"code": code})).first()
         return _coupon(row) if row else None
 
-    async def lock_coupon(self, conn: AsyncConnection, code: str, key: str) -> tuple[Coupon | None, bytes | None]:
+    async def lock_coupon(self, conn: Connection, code: str, key: str) -> tuple[Coupon | None, bytes | None]:
         """The coupon, locked until the transaction ends, and the request fingerprint a redemption with
         `key` was made for, if any (only meaningful while the coupon is ISSUED, see _LOCK_COUPON)."""
         row = (await conn.execute(_LOCK_COUPON, {"code": code, "key": key})).first()
@@ -91,7 +91,7 @@ class MarketingStore:
             return None, None
         return _coupon(row), (bytes(row.key_hash) if row.key_hash is not None else None)
 
-    async def redemption_and_key(self, conn: AsyncConnection, code: str,
+    async def redemption_and_key(self, conn: Connection, code: str,
                                  key: str) -> tuple[Redemption | None, bytes | None]:
         """The coupon's redemption and the fingerprint `key` was used for. Call after lock_coupon: a statement
         that starts after the lock sees every redemption committed before it."""
@@ -101,7 +101,7 @@ class MarketingStore:
         by_key = next((r.request_hash for r in found if r.idempotency_key == key), None)
         return prior, by_key
 
-    async def record_redemption(self, conn: AsyncConnection, coupon: Coupon, redemption: Redemption) -> None:
+    async def record_redemption(self, conn: Connection, coupon: Coupon, redemption: Redemption) -> None:
         """Write the REDEEMED coupon and its redemption. The coupon must be locked by this transaction."""
         try:
             result = await conn.execute(_REDEEM, {**vars(redemption), "status": coupon.status.value})
@@ -113,7 +113,7 @@ class MarketingStore:
         if result.rowcount != 1:
             raise RuntimeError(f"coupon {coupon.code!r} was not ISSUED under its lock")
 
-    async def record_counter_redemption(self, conn: AsyncConnection, coupon: Coupon) -> None:
+    async def record_counter_redemption(self, conn: Connection, coupon: Coupon) -> None:
         """Write a voucher redeemed at a counter. The coupon must be locked by this transaction."""
         result = await conn.execute(_REDEEM_AT_COUNTER, {
             "code": coupon.code, "store_id": coupon.redeemed_store_id, "redeemed_at": coupon.redeemed_at,

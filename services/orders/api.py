@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from omo.orders.v1 import events_pb2, orders_pb2_grpc
 from omo.orders.v1 import orders_pb2 as pb
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.runtime import outbox, reqctx, timestamps
+from services.runtime.db import Database
 from services.runtime.errors import NotFound
 
 from . import domain
@@ -47,7 +47,7 @@ def order_pb(o: domain.Order) -> pb.Order:
 
 
 class OrderApi(orders_pb2_grpc.OrderServiceServicer):
-    def __init__(self, engine: AsyncEngine, store: OrderStore, placement: Placement):
+    def __init__(self, engine: Database, store: OrderStore, placement: Placement):
         self.engine = engine
         self.store = store
         self.placement = placement

@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.runtime.db import Connection
 from services.runtime.errors import InvalidArgument
 
 from .domain import Attribution, Coupon, Line, Order, Status
@@ -103,14 +103,14 @@ def _order(row) -> Order:  # type: ignore[no-untyped-def]
 
 
 class OrderStore:
-    async def prior(self, conn: AsyncConnection, idempotency_key: str) -> Prior | None:
+    async def prior(self, conn: Connection, idempotency_key: str) -> Prior | None:
         row = (await conn.execute(_PRIOR, {"key": idempotency_key})).first()
         if row is None:
             return None
         refusal = None if row.order_id else Refusal(row.code, row.message, bytes(row.status_details))
         return Prior(bytes(row.request_hash), row.order_id, refusal)
 
-    async def add_order(self, conn: AsyncConnection, order: Order, idempotency_key: str, request_hash: bytes) -> bool:
+    async def add_order(self, conn: Connection, order: Order, idempotency_key: str, request_hash: bytes) -> bool:
         """Insert the order with its lines; False if an order with this id exists already."""
         coupon = order.coupon
         params = {
@@ -131,7 +131,7 @@ class OrderStore:
         }
         return (await conn.execute(_PLACE, params)).first() is not None
 
-    async def add_refusal(self, conn: AsyncConnection, idempotency_key: str, request_hash: bytes,
+    async def add_refusal(self, conn: Connection, idempotency_key: str, request_hash: bytes,
                           refusal: Refusal) -> None:
         await conn.execute(
             text("INSERT INTO placement_refusals (idempotency_key, request_hash, code, message, status_details) "
@@ -140,16 +140,16 @@ class OrderStore:
              "details": refusal.status_details},
         )
 
-    async def order(self, conn: AsyncConnection, order_id: str, *, lock: bool = False) -> Order | None:
+    async def order(self, conn: Connection, order_id: str, *, lock: bool = False) -> Order | None:
         """The order with its lines; `lock` holds its row until the transaction ends (payments, shipments)."""
         row = (await conn.execute(_SELECT_LOCKED if lock else _SELECT, {"id": order_id})).first()
         return _order(row) if row else None
 
-    async def order_hash(self, conn: AsyncConnection, order_id: str) -> bytes:
+    async def order_hash(self, conn: Connection, order_id: str) -> bytes:
         return bytes((await conn.execute(text("SELECT request_hash FROM orders WHERE order_id = :id"),
                                          {"id": order_id})).scalar_one())
 
-    async def record_payment(self, conn: AsyncConnection, paid: Order, amount_fen: int) -> None:
+    async def record_payment(self, conn: Connection, paid: Order, amount_fen: int) -> None:
         """Mark the (locked) order PAID and keep the notification, in one statement. The WHERE repeats the state
         check in SQL; the payments key refuses a transaction id that another order recorded meanwhile (each
         payment locks only its own order)."""
@@ -158,7 +158,7 @@ class OrderStore:
         if recorded is None:
             raise InvalidArgument.field("provider_txn_id", "was already recorded for another order")
 
-    async def record_dispatch(self, conn: AsyncConnection, dispatched: Order) -> None:
+    async def record_dispatch(self, conn: Connection, dispatched: Order) -> None:
         updated = await conn.execute(
             text("UPDATE orders SET status = 'DISPATCHED', shipment_id = :s, dispatched_at = :at "
                  "WHERE order_id = :id AND status = 'PAID'"),

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 from omo.settlement.v1 import settlement_pb2 as pb
 from omo.settlement.v1 import settlement_pb2_grpc
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.runtime import reqctx
+from services.runtime.db import Database
 from services.runtime.errors import InvalidArgument, NotFound, PermissionDenied
 from services.runtime.idempotency import run_idempotent
 from services.runtime.tenancy import require_party
@@ -46,7 +46,7 @@ def require_internal(what: str) -> None:
 
 
 class SettlementApi(settlement_pb2_grpc.SettlementServiceServicer):
-    def __init__(self, engine: AsyncEngine, store: LedgerStore):
+    def __init__(self, engine: Database, store: LedgerStore):
         self.engine = engine
         self.store = store
 
@@ -72,10 +72,8 @@ class SettlementApi(settlement_pb2_grpc.SettlementServiceServicer):
 
     async def VerifyLedger(self, request: pb.VerifyLedgerRequest, context) -> pb.VerifyLedgerResponse:
         require_internal("verify the whole ledger")
-        async with self.engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
-            async with conn.begin():
-                check = await self.store.verify(conn)
+        async with self.engine.begin(isolation="repeatable_read", readonly=True) as conn:
+            check = await self.store.verify(conn)
         return ledger_check_pb(check)
 
     async def ListJournal(self, request: pb.ListJournalRequest, context) -> pb.ListJournalResponse:

@@ -7,10 +7,10 @@ from datetime import UTC
 from omo.marketing.v1 import events_pb2 as marketing_events
 from omo.marketing.v1 import marketing_pb2
 from omo.orders.v1 import events_pb2, orders_pb2
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.runtime import log
 from services.runtime.consumer import Delivery, PermanentError
+from services.runtime.db import Connection
 from services.runtime.errors import FailedPrecondition, InvalidArgument
 
 from . import domain
@@ -48,7 +48,7 @@ class OrderPaidHandler:
         self.store = store
         self.config = config
 
-    async def __call__(self, conn: AsyncConnection, event: events_pb2.OrderPaid, delivery: Delivery) -> None:
+    async def __call__(self, conn: Connection, event: events_pb2.OrderPaid, delivery: Delivery) -> None:
         try:
             settlement = domain.settle(paid_order(event), self.config.rates,
                                        self.config.cap_bp(event.order.dealer_id))
@@ -76,7 +76,7 @@ class RefundHandler:
     def __init__(self, store: LedgerStore):
         self.store = store
 
-    async def apply(self, conn: AsyncConnection, refund: Refund) -> str:
+    async def apply(self, conn: Connection, refund: Refund) -> str:
         """`applied`, `replayed` (recorded before: no effect) or `waiting` (applied once the split completes).
         Every check runs before anything is written, so a refused refund leaves the transaction clean."""
         try:
@@ -95,7 +95,7 @@ class CounterRedemptionHandler:
     def __init__(self, store: LedgerStore):
         self.store = store
 
-    async def __call__(self, conn: AsyncConnection, event: marketing_events.CouponRedeemedAtCounter,
+    async def __call__(self, conn: Connection, event: marketing_events.CouponRedeemedAtCounter,
                        delivery: Delivery) -> None:
         if event.coupon.funder != marketing_pb2.FUNDER_BRAND:
             _log.info("voucher not funded by the brand: nothing to reimburse", code=event.coupon.code)

@@ -17,9 +17,8 @@ import asyncio
 import dataclasses
 from collections.abc import Callable
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from services.runtime import log, outbox
+from services.runtime.db import Database
 
 from . import domain
 from .domain import LegState, Progress, Split, SplitState
@@ -62,7 +61,7 @@ def _all_final(split: Split) -> bool:
 
 
 class SharingExecutor:
-    def __init__(self, engine: AsyncEngine, store: LedgerStore, provider: SharingProvider, *, batch: int = 200,
+    def __init__(self, engine: Database, store: LedgerStore, provider: SharingProvider, *, batch: int = 200,
                  lease_s: float = 30.0, poll_s: float = 1.0, retry_s: float = 5.0, hook: StepHook = _no_hook):
         self.engine = engine
         self.store = store
@@ -148,7 +147,7 @@ class DebtTransferJob:
     transfers from their available balance. Each transfer is recorded before it is requested, so after a
     crash the same request number is sent again and the debt is settled once."""
 
-    def __init__(self, engine: AsyncEngine, store: LedgerStore, provider: SharingProvider, *, batch: int = 200,
+    def __init__(self, engine: Database, store: LedgerStore, provider: SharingProvider, *, batch: int = 200,
                  hook: StepHook = _no_hook):
         self.engine = engine
         self.store = store
@@ -192,7 +191,7 @@ class SplitReturnJob:
     """Applies refunds that waited for their split to complete, then asks receivers for the split returns
     refunds call for, with the same request number until each one succeeds, and books each success once."""
 
-    def __init__(self, engine: AsyncEngine, store: LedgerStore, provider: SharingProvider, *, batch: int = 200,
+    def __init__(self, engine: Database, store: LedgerStore, provider: SharingProvider, *, batch: int = 200,
                  retry_s: float = 5.0, hook: StepHook = _no_hook):
         self.engine = engine
         self.store = store

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.runtime.db import Connection
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 
 from . import refunds
@@ -351,7 +351,7 @@ class ConcurrentProgress(RuntimeError):
 
 
 class LedgerStore:
-    async def record_split(self, conn: AsyncConnection, settlement: Settlement, delay_s: float = 0.0
+    async def record_split(self, conn: Connection, settlement: Settlement, delay_s: float = 0.0
                            ) -> datetime | None:
         """Claim the order's split and write its legs, due for profit sharing in `delay_s`; the settled_at
         time, or None if the order had been split already (the caller must then post nothing)."""
@@ -380,7 +380,7 @@ class LedgerStore:
         })).first()
         return None if row is None else row.settled_at
 
-    async def post(self, conn: AsyncConnection, journals: Sequence[Journal]) -> None:
+    async def post(self, conn: Connection, journals: Sequence[Journal]) -> None:
         """Append balanced journals to the ledger and move the cached balances with them, atomically with
         the caller's transaction. A journal whose business key was posted before fails the transaction."""
         changes = net_changes(journals)
@@ -404,11 +404,11 @@ class LedgerStore:
             # Every posting's account is among the upserted ones, so this is a bug, never bad input.
             raise RuntimeError(f"posted {result.rowcount} of {len(postings)} postings")
 
-    async def split(self, conn: AsyncConnection, order_id: str) -> Split | None:
+    async def split(self, conn: Connection, order_id: str) -> Split | None:
         found = await self.splits(conn, [order_id])
         return found[0] if found else None
 
-    async def splits(self, conn: AsyncConnection, order_ids: Sequence[str]) -> list[Split]:
+    async def splits(self, conn: Connection, order_ids: Sequence[str]) -> list[Split]:
         """The splits of these orders (those that exist), in the given order, in three statements."""
         ids = list(order_ids)
         rows = {r.order_id: r for r in (await conn.execute(_SPLITS, {"ids": ids})).all()}
@@ -431,12 +431,12 @@ class LedgerStore:
             cap_fen=row.cap_fen, revision=row.revision,
         ) for oid in ids if (row := rows.get(oid)) is not None]
 
-    async def claim_due(self, conn: AsyncConnection, limit: int, lease_s: float) -> list[Split]:
+    async def claim_due(self, conn: Connection, limit: int, lease_s: float) -> list[Split]:
         """Lease up to `limit` splits whose next sharing step is due."""
         ids = [r.order_id for r in (await conn.execute(_CLAIM_DUE, {"n": limit, "lease_s": lease_s})).all()]
         return await self.splits(conn, ids) if ids else []
 
-    async def advance(self, conn: AsyncConnection, progress: Sequence[Progress]) -> None:
+    async def advance(self, conn: Connection, progress: Sequence[Progress]) -> None:
         """Write each split's progress over the state it was computed from, and post the journals that
         progress implies (new successful shares, completions), all in the caller's transaction."""
         legs = [(p.after.order_id, i + 1, old.state.value, new.state.value, new.close_reason)
@@ -463,7 +463,7 @@ class LedgerStore:
         if owed:
             await self.add_debts(conn, owed)
 
-    async def plan_transfers(self, conn: AsyncConnection, limit: int) -> int:
+    async def plan_transfers(self, conn: Connection, limit: int) -> int:
         """Record the next transfer for up to `limit` dealers that owe something and can pay."""
         planned = []
         for r in (await conn.execute(_TRANSFER_CANDIDATES, {"n": limit})).all():
@@ -479,23 +479,23 @@ class LedgerStore:
                 "amounts": [t.amount_fen for t in planned]})
         return len(planned)
 
-    async def open_transfers(self, conn: AsyncConnection, limit: int) -> list[DebtTransfer]:
+    async def open_transfers(self, conn: Connection, limit: int) -> list[DebtTransfer]:
         return [DebtTransfer(Party(PartyType(r.creditor_type), r.creditor_id),
                              Party(PartyType(r.debtor_type), r.debtor_id), r.seq, r.amount_fen)
                 for r in (await conn.execute(_OPEN_TRANSFERS, {"n": limit})).all()]
 
-    async def finish_transfers(self, conn: AsyncConnection, transfers: Sequence[DebtTransfer]) -> None:
+    async def finish_transfers(self, conn: Connection, transfers: Sequence[DebtTransfer]) -> None:
         """The provider made these transfers: settle the debts and post the journals, once."""
         result = await conn.execute(_FINISH_TRANSFERS, {"nos": [t.transfer_no for t in transfers]})
         if result.rowcount != len(transfers):
             raise ConcurrentProgress(f"{len(transfers) - result.rowcount} transfers finished meanwhile")
         await self.post(conn, [transfer_journal(t) for t in transfers])
 
-    async def balances(self, conn: AsyncConnection, party: Party) -> dict[Purpose, int]:
+    async def balances(self, conn: Connection, party: Party) -> dict[Purpose, int]:
         rows = (await conn.execute(_BALANCES, {"party_type": party.type.value, "party_id": party.id})).all()
         return {Purpose(r.purpose): r.balance_fen for r in rows}
 
-    async def verify(self, conn: AsyncConnection) -> LedgerCheck:
+    async def verify(self, conn: Connection) -> LedgerCheck:
         """Check the whole ledger; run it in one REPEATABLE READ snapshot so postings committed meanwhile
         cannot show up as a break."""
         counts = (await conn.execute(_VERIFY_COUNTS)).one()
@@ -513,7 +513,7 @@ class LedgerStore:
 
     # -- refunds -----------------------------------------------------------------------------------------
 
-    async def record_refund(self, conn: AsyncConnection, refund: Refund) -> RefundOutcome | None:
+    async def record_refund(self, conn: Connection, refund: Refund) -> RefundOutcome | None:
         """Apply a refund to its order's split: claw-backs on the legs, the refund journal, the split
         returns to request and what receivers now owe, in the caller's transaction. None if this refund id
         was recorded before (a replay has no second effect)."""
@@ -548,31 +548,31 @@ class LedgerStore:
             await self.add_debts(conn, outcome.owed)
         return outcome
 
-    async def wait_refund(self, conn: AsyncConnection, refund: Refund) -> None:
+    async def wait_refund(self, conn: Connection, refund: Refund) -> None:
         """Keep a refund that cannot apply yet (the split is being shared) until the split completes."""
         await conn.execute(_WAIT_REFUND, {"o": refund.order_id, "r": refund.refund_id, "amount": refund.amount_fen})
 
-    async def ready_refunds(self, conn: AsyncConnection, limit: int) -> list[Refund]:
+    async def ready_refunds(self, conn: Connection, limit: int) -> list[Refund]:
         return [Refund(r.order_id, r.refund_id, r.amount_fen)
                 for r in (await conn.execute(_READY_REFUNDS, {"n": limit})).all()]
 
-    async def unwait_refund(self, conn: AsyncConnection, refund: Refund) -> None:
+    async def unwait_refund(self, conn: Connection, refund: Refund) -> None:
         await conn.execute(_UNWAIT_REFUND, {"o": refund.order_id, "r": refund.refund_id})
 
-    async def add_debts(self, conn: AsyncConnection, owed: Sequence[Receivable]) -> None:
+    async def add_debts(self, conn: Connection, owed: Sequence[Receivable]) -> None:
         await conn.execute(_ADD_DEBTS, {
             "ct": [r.creditor.type.value for r in owed], "ci": [r.creditor.id for r in owed],
             "dt": [r.debtor.type.value for r in owed], "di": [r.debtor.id for r in owed],
             "amounts": [r.amount_fen for r in owed]})
 
-    async def due_returns(self, conn: AsyncConnection, limit: int) -> list[tuple[SplitReturn, Party]]:
+    async def due_returns(self, conn: Connection, limit: int) -> list[tuple[SplitReturn, Party]]:
         """Split returns still to obtain, each with the dealer it goes back to."""
         return [(SplitReturn(r.order_id, r.refund_id, SplitRole(r.role), Party(PartyType(r.receiver_type),
                                                                                  r.receiver_id), r.amount_fen),
                  Party(PartyType.DEALER, r.dealer_id))
                 for r in (await conn.execute(_DUE_RETURNS, {"n": limit})).all()]
 
-    async def finish_returns(self, conn: AsyncConnection, done: Sequence[tuple[SplitReturn, Party]],
+    async def finish_returns(self, conn: Connection, done: Sequence[tuple[SplitReturn, Party]],
                              failed: Sequence[tuple[SplitReturn, str]], retry_s: float) -> None:
         if done:
             result = await conn.execute(_RETURNS_DONE, {"nos": [r.return_no for r, _ in done]})
@@ -585,14 +585,14 @@ class LedgerStore:
 
     # -- reading a party's figures -----------------------------------------------------------------------
 
-    async def journal_page(self, conn: AsyncConnection, party: Party, from_time: datetime, to_time: datetime,
+    async def journal_page(self, conn: Connection, party: Party, from_time: datetime, to_time: datetime,
                            after_posting: int, limit: int) -> list:
         """Up to `limit` of the party's postings after posting id `after_posting`, oldest first."""
         return list((await conn.execute(_JOURNAL_PAGE, {
             "t": party.type.value, "i": party.id, "after": after_posting, "from_time": from_time,
             "to_time": to_time, "n": limit})).all())
 
-    async def statement(self, conn: AsyncConnection, party: Party, day: str) -> Statement:
+    async def statement(self, conn: Connection, party: Party, day: str) -> Statement:
         start, end = day_bounds(day)
         args = {"t": party.type.value, "i": party.id, "start": start, "end": end}
         o = (await conn.execute(_DAY_ORDERS, args)).one()
@@ -612,7 +612,7 @@ class LedgerStore:
 
     # -- reconciliation ----------------------------------------------------------------------------------
 
-    async def ledger_bill_lines(self, conn: AsyncConnection, day: str) -> list[BillLine]:
+    async def ledger_bill_lines(self, conn: Connection, day: str) -> list[BillLine]:
         """What the provider's bill for the day should list, as the ledger and its tables record it."""
         start, end = day_bounds(day)
         args = {"start": start, "end": end}
@@ -625,13 +625,13 @@ class LedgerStore:
             lines += [BillLine(kind, r.reference, r.amount) for r in (await conn.execute(query, args)).all()]
         return lines
 
-    async def save_reconciliation(self, conn: AsyncConnection, rec: Reconciliation) -> None:
+    async def save_reconciliation(self, conn: Connection, rec: Reconciliation) -> None:
         await conn.execute(_SAVE_RECONCILIATION, {
             "day": rec.day, "bill_lines": rec.bill_lines, "ledger_lines": rec.ledger_lines, "matched": rec.matched,
             "breaks": json.dumps([{"kind": b.kind.value, "type": b.type.value, "reference": b.reference,
                                    "bill_fen": b.bill_fen, "ledger_fen": b.ledger_fen} for b in rec.breaks])})
 
-    async def reconciliation(self, conn: AsyncConnection, day: str) -> Reconciliation | None:
+    async def reconciliation(self, conn: Connection, day: str) -> Reconciliation | None:
         row = (await conn.execute(_LOAD_RECONCILIATION, {"day": day})).first()
         if row is None:
             return None
@@ -642,7 +642,7 @@ class LedgerStore:
 
     # -- vouchers ----------------------------------------------------------------------------------------
 
-    async def reimburse(self, conn: AsyncConnection, redemption: CounterRedemption) -> bool:
+    async def reimburse(self, conn: Connection, redemption: CounterRedemption) -> bool:
         """Book the brand's reimbursement of a counter-redeemed voucher; False if it was booked before."""
         journal = reimbursement_journal(redemption)
         claimed = (await conn.execute(_CLAIM_REIMBURSEMENT, {

@@ -8,9 +8,9 @@ from omo.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from omo.warehouse.v1 import warehouse_pb2 as pb
 from omo.warehouse.v1 import warehouse_pb2_grpc
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.runtime import outbox, reqctx
+from services.runtime.db import Connection, Database
 from services.runtime.errors import AlreadyExists, NotFound, PermissionDenied, Unavailable
 from services.runtime.idempotency import request_hash, run_idempotent
 from services.runtime.ids import new_id
@@ -42,7 +42,7 @@ def _require_brand_operator() -> None:
 
 
 class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
-    def __init__(self, engine: AsyncEngine, store: WarehouseStore, catalog: catalog_pb2_grpc.CatalogServiceStub):
+    def __init__(self, engine: Database, store: WarehouseStore, catalog: catalog_pb2_grpc.CatalogServiceStub):
         self.engine = engine
         # ReserveStock is a single statement; without BEGIN/COMMIT around it no row lock outlives it.
         self.store = store
@@ -51,7 +51,7 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
     async def CreateWarehouse(self, request: pb.CreateWarehouseRequest, context) -> pb.CreateWarehouseResponse:
         _require_brand_operator()
 
-        async def effect(conn: AsyncConnection) -> pb.CreateWarehouseResponse:
+        async def effect(conn: Connection) -> pb.CreateWarehouseResponse:
             warehouse = domain.Warehouse(new_id("whs"), request.code, request.name, KINDS[request.kind],
                                          request.region, request.latitude, request.longitude)
             if not await self.store.add_warehouse(conn, warehouse):
@@ -67,7 +67,7 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
         # Goods of a SKU the brand's library does not know are refused at the door (NOT_FOUND from catalog).
         await self.catalog.GetSku(catalog_pb2.GetSkuRequest(sku_id=request.sku_id))
 
-        async def effect(conn: AsyncConnection) -> pb.ReceiveStockResponse:
+        async def effect(conn: Connection) -> pb.ReceiveStockResponse:
             if await self.store.warehouse(conn, request.warehouse_id) is None:
                 raise NotFound("warehouse", request.warehouse_id)
             receipt_id = new_id("rcp")
@@ -128,7 +128,7 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
 
     async def ReleaseReservation(self, request: pb.ReleaseReservationRequest,
                                  context) -> pb.ReleaseReservationResponse:
-        async def effect(conn: AsyncConnection) -> pb.ReleaseReservationResponse:
+        async def effect(conn: Connection) -> pb.ReleaseReservationResponse:
             reservation = await self.store.reservation(conn, request.reservation_id, lock=True)
             if reservation is None:
                 raise NotFound("reservation", request.reservation_id)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from omo.orders.v1 import events_pb2 as orders_events
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.runtime import outbox
 from services.runtime.consumer import Delivery
+from services.runtime.db import Connection
 from services.runtime.errors import FailedPrecondition
 from services.runtime.ids import derived_id
 from services.runtime.timestamps import now
@@ -28,7 +28,7 @@ class OrderPaidHandler:
     def __init__(self, store: WarehouseStore):
         self.store = store
 
-    async def __call__(self, conn: AsyncConnection, event: orders_events.OrderPaid, delivery: Delivery) -> None:
+    async def __call__(self, conn: Connection, event: orders_events.OrderPaid, delivery: Delivery) -> None:
         order = event.order
         found = await self.store.reservation_for_order(conn, order.order_id)
         if found is None:
@@ -53,7 +53,7 @@ class OrderPaidHandler:
             shipment = await self._retake(conn, reservation, dispatched_at)
         await outbox.add(conn, SHIPMENT_DISPATCHED, shipment_dispatched(shipment))
 
-    async def _retake(self, conn: AsyncConnection, reservation: domain.Reservation,
+    async def _retake(self, conn: Connection, reservation: domain.Reservation,
                       dispatched_at: datetime) -> domain.Shipment:
         """Paid after its hold was released: take the units again, own warehouse first. If nobody has them
         the event fails, is retried and finally dead-lettered for a refund."""

@@ -15,8 +15,8 @@ from typing import TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.runtime.db import Connection
 from services.runtime.errors import Unavailable
 
 from .domain import (
@@ -272,7 +272,7 @@ def _reservation(row) -> Reservation:  # type: ignore[no-untyped-def]
 
 class WarehouseStore:
     # -- warehouses and stock ---------------------------------------------------------------------------
-    async def add_warehouse(self, conn: AsyncConnection, w: Warehouse) -> bool:
+    async def add_warehouse(self, conn: Connection, w: Warehouse) -> bool:
         """False if the code is taken (the unique constraint decides, so concurrent creates are safe)."""
         row = (await conn.execute(
             text(f"INSERT INTO warehouses ({_WAREHOUSE_COLS}) VALUES "
@@ -282,28 +282,28 @@ class WarehouseStore:
         )).first()
         return row is not None
 
-    async def warehouse(self, conn: AsyncConnection, warehouse_id: str) -> Warehouse | None:
+    async def warehouse(self, conn: Connection, warehouse_id: str) -> Warehouse | None:
         row = (await conn.execute(text(f"SELECT {_WAREHOUSE_COLS} FROM warehouses WHERE warehouse_id = :id"),
                                   {"id": warehouse_id})).first()
         return Warehouse(*row) if row else None
 
-    async def cloud_warehouse_ids(self, conn: AsyncConnection) -> list[str]:
+    async def cloud_warehouse_ids(self, conn: Connection) -> list[str]:
         rows = await conn.execute(text("SELECT warehouse_id FROM warehouses WHERE kind = 'CLOUD' "
                                        "ORDER BY warehouse_id"))
         return [r.warehouse_id for r in rows]
 
-    async def receive(self, conn: AsyncConnection, warehouse_id: str, sku_id: str, quantity: int,
+    async def receive(self, conn: Connection, warehouse_id: str, sku_id: str, quantity: int,
                       receipt_id: str) -> StockLevel:
         row = (await conn.execute(_RECEIVE, {"w": warehouse_id, "s": sku_id, "q": quantity,
                                              "ref": receipt_id})).one()
         return StockLevel(*row)
 
-    async def levels(self, conn: AsyncConnection, sku_id: str) -> list[StockLevel]:
+    async def levels(self, conn: Connection, sku_id: str) -> list[StockLevel]:
         rows = await conn.execute(text("SELECT warehouse_id, sku_id, on_hand, reserved FROM stock "
                                        "WHERE sku_id = :s ORDER BY warehouse_id"), {"s": sku_id})
         return [StockLevel(*r) for r in rows]
 
-    async def movements(self, conn: AsyncConnection, warehouse_id: str, sku_id: str, after: int,
+    async def movements(self, conn: Connection, warehouse_id: str, sku_id: str, after: int,
                         limit: int) -> list[Movement]:
         rows = await conn.execute(
             text("SELECT movement_id, warehouse_id, sku_id, on_hand_delta, reserved_delta, reason, reference_id, "
@@ -315,7 +315,7 @@ class WarehouseStore:
                          MovementReason(r.reason), r.reference_id, r.created_at) for r in rows]
 
     # -- reservations -----------------------------------------------------------------------------------
-    async def reserve(self, conn: AsyncConnection, reservation_id: str, order_id: str, key: str,
+    async def reserve(self, conn: Connection, reservation_id: str, order_id: str, key: str,
                       request_hash: bytes, lines: tuple[Line, ...]) -> ReserveResult:
         row = (await conn.execute(_RESERVE, {
             **_split(lines), "rid": reservation_id, "order_id": order_id, "key": key, "hash": request_hash,
@@ -325,21 +325,21 @@ class WarehouseStore:
             available.setdefault(w, {})[s] = a
         return ReserveResult(row.prior, row.warehouse_id, row.created_at, available)
 
-    async def prior_reservations(self, conn: AsyncConnection, key: str, order_id: str) -> list[Reservation]:
+    async def prior_reservations(self, conn: Connection, key: str, order_id: str) -> list[Reservation]:
         rows = await conn.execute(
             text(f"SELECT {_RESERVATION_COLS} FROM reservations r WHERE r.idempotency_key = :key OR r.order_id = :o"),
             {"key": key, "o": order_id},
         )
         return [_reservation(r) for r in rows]
 
-    async def reservation(self, conn: AsyncConnection, reservation_id: str, *,
+    async def reservation(self, conn: Connection, reservation_id: str, *,
                           lock: bool = False) -> Reservation | None:
         sql = (f"SELECT {_RESERVATION_COLS} FROM reservations r WHERE r.reservation_id = :id"
                + (" FOR UPDATE OF r" if lock else ""))
         row = (await conn.execute(text(sql), {"id": reservation_id})).first()
         return _reservation(row) if row else None
 
-    async def reservation_for_order(self, conn: AsyncConnection, order_id: str) -> tuple[Reservation, bool] | None:
+    async def reservation_for_order(self, conn: Connection, order_id: str) -> tuple[Reservation, bool] | None:
         """The order's reservation, locked against concurrent shipping or release, and whether the order has
         a shipment already."""
         sql = (f"SELECT {_RESERVATION_COLS}, EXISTS (SELECT 1 FROM shipments s WHERE s.order_id = r.order_id) "
@@ -347,17 +347,17 @@ class WarehouseStore:
         row = (await conn.execute(text(sql), {"o": order_id})).first()
         return (_reservation(row), row.shipped) if row else None
 
-    async def release(self, conn: AsyncConnection, reservation: Reservation, reason: str) -> None:
+    async def release(self, conn: Connection, reservation: Reservation, reason: str) -> None:
         row = (await conn.execute(_RELEASE, {**_split(reservation.lines), "w": reservation.warehouse_id,
                                              "rid": reservation.reservation_id, "reason": reason})).one()
         _expect(row, len(reservation.lines), "release", reservation)
 
     # -- shipments --------------------------------------------------------------------------------------
-    async def ship_held(self, conn: AsyncConnection, reservation: Reservation, shipment: Shipment) -> None:
+    async def ship_held(self, conn: Connection, reservation: Reservation, shipment: Shipment) -> None:
         row = (await conn.execute(_SHIP_HELD, _ship_params(reservation, shipment))).one()
         _expect(row, len(reservation.lines), "ship", reservation)
 
-    async def retake_and_ship(self, conn: AsyncConnection, reservation: Reservation, shipment: Shipment) -> bool:
+    async def retake_and_ship(self, conn: Connection, reservation: Reservation, shipment: Shipment) -> bool:
         """False (and nothing changed) if the warehouse no longer has every line available."""
         row = (await conn.execute(_RETAKE_AND_SHIP, _ship_params(reservation, shipment))).one()
         if row.lines == 0:
@@ -365,7 +365,7 @@ class WarehouseStore:
         _expect(row, len(reservation.lines), "re-take", reservation)
         return True
 
-    async def shipments(self, conn: AsyncConnection, order_id: str) -> list[Shipment]:
+    async def shipments(self, conn: Connection, order_id: str) -> list[Shipment]:
         rows = await conn.execute(
             text("SELECT s.shipment_id, s.order_id, s.warehouse_id, s.reservation_id, s.status, s.dispatched_at, "
                  "ARRAY(SELECT l.sku_id FROM shipment_lines l WHERE l.shipment_id = s.shipment_id "
