@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Callable
 
 from services.runtime import log, outbox
-from services.runtime.db import Database
+from services.runtime.db import Database, retry_conflicts
 
 from . import domain
 from .domain import LegState, Progress, Split, SplitState
@@ -91,11 +91,16 @@ class SharingExecutor:
             return 0
         progress = await asyncio.gather(*(self._advance(s) for s in splits))
         self.hook("before_record")
-        async with self.engine.begin() as conn:
-            await self.store.advance(conn, progress)
-            for p in progress:
-                if p.after.state is SplitState.COMPLETED:
-                    await outbox.add(conn, SPLIT_SETTLED, split_settled(p.after))
+
+        async def record() -> None:
+            async with self.engine.begin() as conn:
+                await self.store.advance(conn, progress)
+                for p in progress:
+                    if p.after.state is SplitState.COMPLETED:
+                        await outbox.add(conn, SPLIT_SETTLED, split_settled(p.after))
+
+        # A deadlock victim is written again at once: otherwise its splits would sit out their whole lease.
+        await retry_conflicts(record)
         return len(splits)
 
     async def _advance(self, before: Split) -> Progress:
