@@ -12,7 +12,7 @@ from services.cli.seed import seed
 from services.cli.stack import Stack, StackOptions
 from services.cli.stubs import Stubs
 
-from . import hot_sku, orders_flow
+from . import hot_sku, ledger, orders_flow
 from .stats import write
 
 
@@ -22,7 +22,9 @@ def main() -> None:
     parser.add_argument("--buyers", type=int, default=48, help="concurrent buyers")
     parser.add_argument("--skus", type=int, default=200, help="SKUs in the range the buyers pick from")
     parser.add_argument("--hot-callers", type=int, default=256, help="concurrent callers on the flash-sale SKU")
-    parser.add_argument("--only", choices=("orders", "hot-sku"), help="run one scenario (default: all)")
+    parser.add_argument("--only", choices=("orders", "hot-sku", "ledger"), help="run one scenario (default: all)")
+    parser.add_argument("--ledger-duration", type=float, default=8.0,
+                        help="seconds for each of the ledger's batched and naive runs")
     parser.add_argument("--no-fsync", action="store_true", help="run Postgres without durability (diagnosis only)")
     args = parser.parse_args()
     home = pathlib.Path(tempfile.mkdtemp(prefix="omo-bench-"))
@@ -41,6 +43,8 @@ def main() -> None:
         if args.only in (None, "hot-sku"):
             results.update(asyncio.run(hot_sku.run(stack.address("warehouse"), hot.sku_id,
                                                    duration_s=args.duration, callers=args.hot_callers)))
+        if args.only in (None, "ledger"):
+            results.update(asyncio.run(ledger.run(stack.admin_url, duration_s=args.ledger_duration)))
     finally:
         stack.stop()
     summary = (f"{results.get('orders_per_s')} orders/s fully settled (placed→paid→dispatched→split), "
@@ -48,7 +52,9 @@ def main() -> None:
                f"{results.get('place_p99_ms')} ms, event lag p99 {results.get('event_lag_p99_ms')} ms, "
                f"{results.get('buyers')} buyers on {__import__('os').cpu_count()} cores; flash sale "
                f"{results.get('hot_sku_reservations_per_s')} reservations/s on one SKU "
-               f"({results.get('hot_sku_callers')} callers)")
+               f"({results.get('hot_sku_callers')} callers); ledger "
+               f"{results.get('ledger_postings_per_s')} postings/s batched vs "
+               f"{results.get('ledger_naive_postings_per_s')} one journal per transaction")
     path = write(results, summary)
     print(summary)
     print(f"results: {path}")

@@ -10,6 +10,8 @@ import pytest
 from services.runtime import config
 
 PAYMENT_WINDOW_S = 12
+# A dealer id whose sharing cap stays at WeChat's default 30% in the test stack.
+CAPPED_DEALER = "dlr_wechat_default_cap"
 
 
 def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
@@ -31,8 +33,14 @@ def _available_services() -> tuple[str, ...]:
 def stack(tmp_path_factory):  # type: ignore[no-untyped-def]
     from services.cli.stack import Stack, StackOptions
 
+    # Tests see each split's legs whole: the sharing cap is lifted, except for one dealer that keeps WeChat's
+    # default 30% (tests/integration/test_settlement_sharing.py); the cap itself is tested at every level.
     opts = StackOptions.isolated(tmp_path_factory.mktemp("omo"), durable=False,
-                                 extra_env={"OMO_LOG_LEVEL": "info",
+                                 extra_env={"OMO_LOG_LEVEL": "info", "OMO_SETTLEMENT_SHARING_CAP_BP": "10000",
+                                            "OMO_SETTLEMENT_DEALER_SHARING_CAPS": f"{CAPPED_DEALER}=3000",
+                                            "OMO_SETTLEMENT_SHARING_POLL_S": "0.1",
+                                            # Debt transfers are driven by the tests themselves.
+                                            "OMO_SETTLEMENT_TRANSFER_INTERVAL_S": "3600",
                                             # Short enough for the sweeper test to watch an order expire,
                                             # long enough for every other test to pay in time.
                                             "OMO_PAYMENT_WINDOW_S": str(PAYMENT_WINDOW_S),

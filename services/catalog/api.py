@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from omo.catalog.v1 import catalog_pb2 as pb
 from omo.catalog.v1 import catalog_pb2_grpc
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.runtime.db import Connection, Database
 from services.runtime.errors import AlreadyExists, NotFound
 from services.runtime.idempotency import run_idempotent
 from services.runtime.ids import new_id
@@ -33,12 +33,12 @@ def sku_pb(s: domain.Sku) -> pb.Sku:
 
 
 class CatalogApi(catalog_pb2_grpc.CatalogServiceServicer):
-    def __init__(self, engine: AsyncEngine, store: CatalogStore):
+    def __init__(self, engine: Database, store: CatalogStore):
         self.engine = engine
         self.store = store
 
     async def CreateBrand(self, request: pb.CreateBrandRequest, context) -> pb.CreateBrandResponse:
-        async def effect(conn: AsyncConnection) -> pb.CreateBrandResponse:
+        async def effect(conn: Connection) -> pb.CreateBrandResponse:
             brand = domain.Brand(new_id("brd"), request.name)
             await self.store.add_brand(conn, brand)
             return pb.CreateBrandResponse(brand=brand_pb(brand))
@@ -47,7 +47,7 @@ class CatalogApi(catalog_pb2_grpc.CatalogServiceServicer):
                                     pb.CreateBrandResponse, effect)
 
     async def CreateDealer(self, request: pb.CreateDealerRequest, context) -> pb.CreateDealerResponse:
-        async def effect(conn: AsyncConnection) -> pb.CreateDealerResponse:
+        async def effect(conn: Connection) -> pb.CreateDealerResponse:
             if await self.store.brand(conn, request.brand_id) is None:
                 raise NotFound("brand", request.brand_id)
             dealer = domain.Dealer(new_id("dlr"), request.brand_id, request.name, request.merchant_id)
@@ -58,7 +58,7 @@ class CatalogApi(catalog_pb2_grpc.CatalogServiceServicer):
                                     pb.CreateDealerResponse, effect)
 
     async def CreateStore(self, request: pb.CreateStoreRequest, context) -> pb.CreateStoreResponse:
-        async def effect(conn: AsyncConnection) -> pb.CreateStoreResponse:
+        async def effect(conn: Connection) -> pb.CreateStoreResponse:
             dealer = await self.store.dealer(conn, request.dealer_id)
             if dealer is None:
                 raise NotFound("dealer", request.dealer_id)
@@ -78,7 +78,7 @@ class CatalogApi(catalog_pb2_grpc.CatalogServiceServicer):
         return pb.GetStoreResponse(store=store_pb(store))
 
     async def CreateSku(self, request: pb.CreateSkuRequest, context) -> pb.CreateSkuResponse:
-        async def effect(conn: AsyncConnection) -> pb.CreateSkuResponse:
+        async def effect(conn: Connection) -> pb.CreateSkuResponse:
             if await self.store.brand(conn, request.brand_id) is None:
                 raise NotFound("brand", request.brand_id)
             if await self.store.sku_by_code(conn, request.brand_id, request.code) is not None:
@@ -99,7 +99,7 @@ class CatalogApi(catalog_pb2_grpc.CatalogServiceServicer):
             raise NotFound("sku", request.sku_id)
         return pb.GetSkuResponse(sku=sku_pb(sku))
 
-    async def _set_listing(self, conn: AsyncConnection, store_id: str, sku_id: str, listed: bool) -> pb.Listing:
+    async def _set_listing(self, conn: Connection, store_id: str, sku_id: str, listed: bool) -> pb.Listing:
         store = await self.store.store(conn, store_id)
         if store is None:
             raise NotFound("store", store_id)
@@ -110,7 +110,7 @@ class CatalogApi(catalog_pb2_grpc.CatalogServiceServicer):
         return pb.Listing(store_id=store_id, sku=sku_pb(sku), listed=listed)
 
     async def ListSkuInStore(self, request: pb.ListSkuInStoreRequest, context) -> pb.ListSkuInStoreResponse:
-        async def effect(conn: AsyncConnection) -> pb.ListSkuInStoreResponse:
+        async def effect(conn: Connection) -> pb.ListSkuInStoreResponse:
             listing = await self._set_listing(conn, request.store_id, request.sku_id, True)
             return pb.ListSkuInStoreResponse(listing=listing)
 
@@ -118,7 +118,7 @@ class CatalogApi(catalog_pb2_grpc.CatalogServiceServicer):
                                     pb.ListSkuInStoreResponse, effect)
 
     async def DelistSkuInStore(self, request: pb.DelistSkuInStoreRequest, context) -> pb.DelistSkuInStoreResponse:
-        async def effect(conn: AsyncConnection) -> pb.DelistSkuInStoreResponse:
+        async def effect(conn: Connection) -> pb.DelistSkuInStoreResponse:
             listing = await self._set_listing(conn, request.store_id, request.sku_id, False)
             return pb.DelistSkuInStoreResponse(listing=listing)
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.runtime.db import Connection
 
 from .domain import Brand, Dealer, Sku, Store
 
@@ -12,58 +13,58 @@ _STORE_COLS = "s.store_id, s.dealer_id, d.brand_id, s.name, s.region, s.latitude
 
 
 class CatalogStore:
-    async def add_brand(self, conn: AsyncConnection, brand: Brand) -> None:
+    async def add_brand(self, conn: Connection, brand: Brand) -> None:
         await conn.execute(text("INSERT INTO brands (brand_id, name) VALUES (:brand_id, :name)"), vars(brand))
 
-    async def brand(self, conn: AsyncConnection, brand_id: str) -> Brand | None:
+    async def brand(self, conn: Connection, brand_id: str) -> Brand | None:
         row = (await conn.execute(text("SELECT brand_id, name FROM brands WHERE brand_id = :id"),
                                   {"id": brand_id})).first()
         return Brand(*row) if row else None
 
-    async def add_dealer(self, conn: AsyncConnection, dealer: Dealer) -> None:
+    async def add_dealer(self, conn: Connection, dealer: Dealer) -> None:
         await conn.execute(
             text("INSERT INTO dealers (dealer_id, brand_id, name, merchant_id) "
                  "VALUES (:dealer_id, :brand_id, :name, :merchant_id)"),
             vars(dealer),
         )
 
-    async def dealer(self, conn: AsyncConnection, dealer_id: str) -> Dealer | None:
+    async def dealer(self, conn: Connection, dealer_id: str) -> Dealer | None:
         row = (await conn.execute(text("SELECT dealer_id, brand_id, name, merchant_id FROM dealers "
                                        "WHERE dealer_id = :id"), {"id": dealer_id})).first()
         return Dealer(*row) if row else None
 
-    async def add_store(self, conn: AsyncConnection, store: Store) -> None:
+    async def add_store(self, conn: Connection, store: Store) -> None:
         await conn.execute(
             text("INSERT INTO stores (store_id, dealer_id, name, region, latitude, longitude) "
                  "VALUES (:store_id, :dealer_id, :name, :region, :latitude, :longitude)"),
             {k: v for k, v in vars(store).items() if k != "brand_id"},
         )
 
-    async def store(self, conn: AsyncConnection, store_id: str) -> Store | None:
+    async def store(self, conn: Connection, store_id: str) -> Store | None:
         row = (await conn.execute(
             text(f"SELECT {_STORE_COLS} FROM stores s JOIN dealers d USING (dealer_id) WHERE s.store_id = :id"),
             {"id": store_id},
         )).first()
         return Store(*row) if row else None
 
-    async def add_sku(self, conn: AsyncConnection, sku: Sku) -> None:
+    async def add_sku(self, conn: Connection, sku: Sku) -> None:
         await conn.execute(
             text(f"INSERT INTO skus ({_SKU_COLS}) VALUES "
                  "(:sku_id, :brand_id, :code, :name, :retail_price_fen, :supply_price_fen)"),
             vars(sku),
         )
 
-    async def sku_by_code(self, conn: AsyncConnection, brand_id: str, code: str) -> Sku | None:
+    async def sku_by_code(self, conn: Connection, brand_id: str, code: str) -> Sku | None:
         row = (await conn.execute(text(f"SELECT {_SKU_COLS} FROM skus WHERE brand_id = :b AND code = :c"),
                                   {"b": brand_id, "c": code})).first()
         return Sku(*row) if row else None
 
-    async def skus(self, conn: AsyncConnection, sku_ids: list[str]) -> dict[str, Sku]:
+    async def skus(self, conn: Connection, sku_ids: list[str]) -> dict[str, Sku]:
         rows = (await conn.execute(text(f"SELECT {_SKU_COLS} FROM skus WHERE sku_id = ANY(:ids)"),
                                    {"ids": sku_ids})).all()
         return {r.sku_id: Sku(*r) for r in rows}
 
-    async def set_listed(self, conn: AsyncConnection, store_id: str, sku_id: str, listed: bool) -> None:
+    async def set_listed(self, conn: Connection, store_id: str, sku_id: str, listed: bool) -> None:
         await conn.execute(
             text("INSERT INTO listings (store_id, sku_id, listed) VALUES (:s, :k, :l) "
                  "ON CONFLICT (store_id, sku_id) DO UPDATE SET listed = :l, updated_at = now()"),
@@ -71,7 +72,7 @@ class CatalogStore:
         )
 
     async def quote_inputs(
-        self, conn: AsyncConnection, store_id: str, sku_ids: list[str]
+        self, conn: Connection, store_id: str, sku_ids: list[str]
     ) -> tuple[Store | None, dict[str, Sku], set[str]]:
         """Store, requested SKUs and which of them the store lists, in one round trip (PlaceOrder's hot path)."""
         rows = (await conn.execute(
@@ -92,7 +93,7 @@ class CatalogStore:
                 for r in rows if r.sku_id is not None}
         return store, skus, {r.sku_id for r in rows if r.sku_id is not None and r.listed}
 
-    async def listings(self, conn: AsyncConnection, store_id: str, after: str, limit: int) -> list[Sku]:
+    async def listings(self, conn: Connection, store_id: str, after: str, limit: int) -> list[Sku]:
         rows = (await conn.execute(
             text(f"SELECT {', '.join('k.' + c.strip() for c in _SKU_COLS.split(','))} FROM listings l "
                  "JOIN skus k USING (sku_id) WHERE l.store_id = :s AND l.listed AND l.sku_id > :after "

@@ -53,7 +53,8 @@ def _split(stubs: Stubs, order_id: str) -> stl.OrderSplit | None:
     import grpc
 
     try:
-        return stubs.settlement.GetOrderSplit(stl.GetOrderSplitRequest(order_id=order_id), timeout=5).split
+        split = stubs.settlement.GetOrderSplit(stl.GetOrderSplitRequest(order_id=order_id), timeout=5).split
+        return split if split.state == stl.SPLIT_STATE_COMPLETED else None
     except grpc.RpcError as err:
         if err.code() == grpc.StatusCode.NOT_FOUND:
             return None

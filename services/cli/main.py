@@ -4,6 +4,8 @@
                  run a demo order, then keep running until Ctrl-C and stop everything it started
     omo demo     seed (idempotent) and run one demo order against a running suite
     omo status   health of each service
+    omo ledger verify
+                 check the whole settlement ledger (balanced journals, balances = Σ postings, splits add up)
 """
 
 from __future__ import annotations
@@ -68,13 +70,21 @@ def print_demo(result: DemoResult) -> None:
     split.add_column("receiver")
     split.add_column("role")
     split.add_column("amount", justify="right")
+    split.add_column("shared via provider", justify="right")
+    split.add_column("owed (over cap)", justify="right")
+    split.add_column("state")
     from omo.settlement.v1 import settlement_pb2 as stl
 
     for leg in result.split.legs:
+        dealer = leg.role == stl.SPLIT_ROLE_PROFIT_TO_DEALER
         split.add_row(f"{stl.PartyType.Name(leg.receiver.type).removeprefix('PARTY_TYPE_').lower()} "
                       f"{leg.receiver.id}", stl.SplitRole.Name(leg.role).removeprefix("SPLIT_ROLE_"),
-                      _yuan(leg.amount_fen))
+                      _yuan(leg.amount_fen), "unfrozen" if dealer else _yuan(leg.shared_fen),
+                      "" if dealer else _yuan(leg.deferred_fen),
+                      stl.LegState.Name(leg.state).removeprefix("LEG_STATE_"))
     console.print(split)
+    console.print(f"at most {_yuan(result.split.cap_fen)} may leave the dealer's merchant account through profit "
+                  "sharing; the rest of each leg is owed and settled by periodic transfer")
 
 
 def _status_name(status: int) -> str:
@@ -143,6 +153,36 @@ def status() -> None:
     print_services({s: default_address(s) for s in config.SERVICES}, health=result)
     if any(v != "SERVING" for v in result.values()):
         raise typer.Exit(1)
+
+
+ledger = typer.Typer(help="Inspect the settlement ledger.")
+app.add_typer(ledger, name="ledger")
+
+
+@ledger.command("verify")
+def ledger_verify() -> None:
+    """Verify the whole ledger through settlement's VerifyLedger RPC; exit 1 if anything breaks."""
+    from omo.settlement.v1 import settlement_pb2 as stl
+
+    stubs = Stubs.connect()
+    try:
+        reply = stubs.settlement.VerifyLedger(stl.VerifyLedgerRequest(), timeout=300)
+    finally:
+        stubs.close()
+    console.print(f"checked {reply.journals_checked} journals, {reply.postings_checked} postings, "
+                  f"{reply.accounts_checked} accounts, {reply.splits_checked} splits")
+    if reply.ok:
+        console.print("[green]ledger OK[/]: every journal balances, every balance is the sum of its postings, "
+                      "the ledger sums to 0 and every split adds up")
+        return
+    table = Table(title=f"{len(reply.breaks)} ledger breaks")
+    for col in ("kind", "subject", "expected", "actual"):
+        table.add_column(col)
+    for b in reply.breaks:
+        table.add_row(stl.LedgerBreakKind.Name(b.kind).removeprefix("LEDGER_BREAK_KIND_"), b.subject,
+                      _yuan(b.expected_fen), _yuan(b.actual_fen))
+    console.print(table)
+    raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@ import os
 
 from omo.marketing.v1 import events_pb2, marketing_pb2_grpc
 from omo.marketing.v1 import marketing_pb2 as pb
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.runtime import outbox, timestamps
+from services.runtime.db import Connection, Database
 from services.runtime.errors import NotFound
 from services.runtime.idempotency import request_hash, run_idempotent
 from services.runtime.tenancy import require_party
@@ -17,6 +17,7 @@ from . import domain
 from .store import MarketingStore
 
 COUPON_REDEEMED = "marketing.coupon.redeemed"
+COUPON_REDEEMED_AT_COUNTER = "marketing.coupon.redeemed_at_counter"
 # Drawing a taken code is a 2^-60 event per coupon; a handful of draws makes failing practically impossible.
 _CODE_DRAWS = 5
 
@@ -33,12 +34,12 @@ def coupon_pb(c: domain.Coupon) -> pb.Coupon:
         code=c.code, brand_id=c.brand_id, consumer_id=c.consumer_id, funder=_FUNDER_TO_PB[c.funder],
         face_value_fen=c.face_value_fen, min_order_fen=c.min_order_fen, status=_STATUS_TO_PB[c.status],
         redeemed_order_id=c.redeemed_order_id or "", issued_at=timestamps.to_proto(c.issued_at),
-        redeemed_at=timestamps.to_proto(c.redeemed_at),
+        redeemed_at=timestamps.to_proto(c.redeemed_at), redeemed_store_id=c.redeemed_store_id or "",
     )
 
 
 class MarketingApi(marketing_pb2_grpc.MarketingServiceServicer):
-    def __init__(self, engine: AsyncEngine, store: MarketingStore):
+    def __init__(self, engine: Database, store: MarketingStore):
         self.engine = engine
         self.store = store
 
@@ -46,7 +47,7 @@ class MarketingApi(marketing_pb2_grpc.MarketingServiceServicer):
         # The brand pays for what it issues: only the brand itself (or an internal caller) may issue.
         require_party("brand", request.brand_id)
 
-        async def effect(conn: AsyncConnection) -> pb.IssueCouponResponse:
+        async def effect(conn: Connection) -> pb.IssueCouponResponse:
             for _ in range(_CODE_DRAWS):
                 coupon = domain.issue(
                     domain.coupon_code(os.urandom(domain.CODE_ENTROPY_BYTES)), request.brand_id,
@@ -95,3 +96,21 @@ class MarketingApi(marketing_pb2_grpc.MarketingServiceServicer):
                 ))
         return pb.RedeemCouponResponse(coupon=coupon_pb(decision.coupon),
                                        discount_fen=decision.redemption.discount_fen)
+
+    async def RedeemAtCounter(self, request: pb.RedeemAtCounterRequest, context) -> pb.RedeemAtCounterResponse:
+        require_party("store", request.store_id)
+
+        async def effect(conn: Connection) -> pb.RedeemAtCounterResponse:
+            code = domain.normalize_code(request.code)
+            coupon, _ = await self.store.lock_coupon(conn, code, request.idempotency_key)
+            if coupon is None:
+                raise NotFound("coupon", request.code)
+            coupon = domain.redeem_at_counter(coupon, request.consumer_id, request.store_id, timestamps.now())
+            await self.store.record_counter_redemption(conn, coupon)
+            await outbox.add(conn, COUPON_REDEEMED_AT_COUNTER, events_pb2.CouponRedeemedAtCounter(
+                coupon=coupon_pb(coupon), store_id=request.store_id, reimbursement_fen=coupon.face_value_fen,
+                redeemed_at=timestamps.to_proto(coupon.redeemed_at)))
+            return pb.RedeemAtCounterResponse(coupon=coupon_pb(coupon), reimbursement_fen=coupon.face_value_fen)
+
+        return await run_idempotent(self.engine, "RedeemAtCounter", request.idempotency_key, request,
+                                    pb.RedeemAtCounterResponse, effect)

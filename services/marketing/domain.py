@@ -66,6 +66,8 @@ class Coupon:
     redeemed_order_id: str | None
     issued_at: datetime
     redeemed_at: datetime | None
+    # The store whose counter redeemed it (核销 at the store); None for a coupon redeemed by an order.
+    redeemed_store_id: str | None = None
 
 
 def issue(code: str, brand_id: str, consumer_id: str, funder: Funder, face_value_fen: int, min_order_fen: int,
@@ -186,3 +188,16 @@ def redeem(coupon: Coupon, request: RedeemRequest, prior: Redemption | None, now
         redeemed_at=now,
     )
     return Decision(redeemed(coupon, request.order_id, now), redemption, new=True)
+
+
+def redeem_at_counter(coupon: Coupon, consumer_id: str, store_id: str, now: datetime) -> Coupon:
+    """A brand-funded voucher handed in at a store counter: consumed once, by the consumer it was issued
+    to; the brand then owes the store its face value."""
+    if coupon.consumer_id != consumer_id:
+        raise FailedPrecondition(
+            f"coupon {coupon.code!r} was not issued to consumer {consumer_id!r}",
+            reason="COUPON_NOT_OWNED", metadata={"code": coupon.code, "consumer_id": consumer_id})
+    if coupon.funder is not Funder.BRAND:
+        raise FailedPrecondition(f"coupon {coupon.code!r} is not funded by the brand", reason="NOT_BRAND_FUNDED",
+                                 metadata={"code": coupon.code})
+    return dataclasses.replace(redeemed(coupon, "", now), redeemed_order_id=None, redeemed_store_id=store_id)

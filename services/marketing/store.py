@@ -6,19 +6,20 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.runtime.db import Connection
 from services.runtime.errors import InvalidArgument
 
 from .domain import Coupon, CouponStatus, Funder, Redemption
 
 _COUPON_COLS = ("code, brand_id, consumer_id, funder, face_value_fen, min_order_fen, status, redeemed_order_id, "
-                "issued_at, redeemed_at")
+                "issued_at, redeemed_at, redeemed_store_id")
 _REDEMPTION_COLS = "code, order_id, discount_fen, order_subtotal_fen, idempotency_key, request_hash, redeemed_at"
 
 _ADD_COUPON = text(
     f"INSERT INTO coupons ({_COUPON_COLS}) VALUES (:code, :brand_id, :consumer_id, :funder, :face_value_fen, "
-    ":min_order_fen, :status, :redeemed_order_id, :issued_at, :redeemed_at) ON CONFLICT (code) DO NOTHING"
+    ":min_order_fen, :status, :redeemed_order_id, :issued_at, :redeemed_at, :redeemed_store_id) "
+    "ON CONFLICT (code) DO NOTHING"
 )
 _COUPON = text(f"SELECT {_COUPON_COLS} FROM coupons WHERE code = :code")
 # The lock serializes every redemption attempt on one coupon. The key lookup rides along in the same round
@@ -47,10 +48,23 @@ _REDEEM = text(
 )
 
 
+_REDEEM_AT_COUNTER = text(
+    """
+    WITH redeemed AS (
+        UPDATE coupons SET status = 'REDEEMED', redeemed_store_id = :store_id, redeemed_at = :redeemed_at
+        WHERE code = :code AND status = 'ISSUED'
+        RETURNING code
+    )
+    INSERT INTO counter_redemptions (code, store_id, reimbursement_fen, redeemed_at)
+    SELECT code, :store_id, :reimbursement_fen, :redeemed_at FROM redeemed
+    """
+)
+
+
 def _coupon(row: Any) -> Coupon:
     return Coupon(row.code, row.brand_id, row.consumer_id, Funder(row.funder), row.face_value_fen,
                   row.min_order_fen, CouponStatus(row.status), row.redeemed_order_id, row.issued_at,
-                  row.redeemed_at)
+                  row.redeemed_at, row.redeemed_store_id)
 
 
 def _redemption(row: Any) -> Redemption:
@@ -59,17 +73,17 @@ def _redemption(row: Any) -> Redemption:
 
 
 class MarketingStore:
-    async def add_coupon(self, conn: AsyncConnection, coupon: Coupon) -> bool:
+    async def add_coupon(self, conn: Connection, coupon: Coupon) -> bool:
         """False if the code is taken (a 2^-60 event per existing coupon): the caller draws another."""
         result = await conn.execute(_ADD_COUPON, {**vars(coupon), "funder": coupon.funder.value,
                                                   "status": coupon.status.value})
         return result.rowcount == 1
 
-    async def coupon(self, conn: AsyncConnection, code: str) -> Coupon | None:
+    async def coupon(self, conn: Connection, code: str) -> Coupon | None:
         row = (await conn.execute(_COUPON, {"code": code})).first()
         return _coupon(row) if row else None
 
-    async def lock_coupon(self, conn: AsyncConnection, code: str, key: str) -> tuple[Coupon | None, bytes | None]:
+    async def lock_coupon(self, conn: Connection, code: str, key: str) -> tuple[Coupon | None, bytes | None]:
         """The coupon, locked until the transaction ends, and the request fingerprint a redemption with
         `key` was made for, if any (only meaningful while the coupon is ISSUED, see _LOCK_COUPON)."""
         row = (await conn.execute(_LOCK_COUPON, {"code": code, "key": key})).first()
@@ -77,7 +91,7 @@ class MarketingStore:
             return None, None
         return _coupon(row), (bytes(row.key_hash) if row.key_hash is not None else None)
 
-    async def redemption_and_key(self, conn: AsyncConnection, code: str,
+    async def redemption_and_key(self, conn: Connection, code: str,
                                  key: str) -> tuple[Redemption | None, bytes | None]:
         """The coupon's redemption and the fingerprint `key` was used for. Call after lock_coupon: a statement
         that starts after the lock sees every redemption committed before it."""
@@ -87,7 +101,7 @@ class MarketingStore:
         by_key = next((r.request_hash for r in found if r.idempotency_key == key), None)
         return prior, by_key
 
-    async def record_redemption(self, conn: AsyncConnection, coupon: Coupon, redemption: Redemption) -> None:
+    async def record_redemption(self, conn: Connection, coupon: Coupon, redemption: Redemption) -> None:
         """Write the REDEEMED coupon and its redemption. The coupon must be locked by this transaction."""
         try:
             result = await conn.execute(_REDEEM, {**vars(redemption), "status": coupon.status.value})
@@ -99,7 +113,15 @@ class MarketingStore:
         if result.rowcount != 1:
             raise RuntimeError(f"coupon {coupon.code!r} was not ISSUED under its lock")
 
-    async def give_back(self, conn: AsyncConnection, code: str, order_id: str) -> bool:
+    async def record_counter_redemption(self, conn: Connection, coupon: Coupon) -> None:
+        """Write a voucher redeemed at a counter. The coupon must be locked by this transaction."""
+        result = await conn.execute(_REDEEM_AT_COUNTER, {
+            "code": coupon.code, "store_id": coupon.redeemed_store_id, "redeemed_at": coupon.redeemed_at,
+            "reimbursement_fen": coupon.face_value_fen})
+        if result.rowcount != 1:
+            raise RuntimeError(f"coupon {coupon.code!r} was not ISSUED under its lock")
+
+    async def give_back(self, conn: Connection, code: str, order_id: str) -> bool:
         """REDEEMED by `order_id` -> ISSUED, its redemption removed (the order never paid, so nothing was
         consumed). Locks the coupon before the redemption, like a redemption does. False if there was
         nothing to give back."""

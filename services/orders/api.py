@@ -6,9 +6,9 @@ import asyncio
 
 from omo.orders.v1 import events_pb2, orders_pb2_grpc
 from omo.orders.v1 import orders_pb2 as pb
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.runtime import log, outbox, reqctx, timestamps
+from services.runtime.db import Connection, Database
 from services.runtime.errors import InvalidArgument, NotFound
 from services.runtime.idempotency import request_hash, run_idempotent
 
@@ -76,7 +76,7 @@ def order_cancelled(o: domain.Order) -> events_pb2.OrderCancelled:
         consumer_id=o.consumer_id, reason=o.cancel_reason, cancelled_at=timestamps.to_proto(o.cancelled_at))
 
 
-async def cancel_order(conn: AsyncConnection, store: OrderStore, order: domain.Order, reason: str) -> domain.Order:
+async def cancel_order(conn: Connection, store: OrderStore, order: domain.Order, reason: str) -> domain.Order:
     """Cancel a locked order and announce it, in the caller's transaction (the RPC and the sweeper)."""
     cancelled = domain.cancel(order, reason, timestamps.now())
     await store.record_cancel(conn, cancelled)
@@ -85,7 +85,7 @@ async def cancel_order(conn: AsyncConnection, store: OrderStore, order: domain.O
 
 
 class OrderApi(orders_pb2_grpc.OrderServiceServicer):
-    def __init__(self, engine: AsyncEngine, store: OrderStore, placement: Placement):
+    def __init__(self, engine: Database, store: OrderStore, placement: Placement):
         self.engine = engine
         self.store = store
         self.placement = placement
@@ -132,7 +132,7 @@ class OrderApi(orders_pb2_grpc.OrderServiceServicer):
         return pb.ListOrdersResponse(orders=[order_pb(o) for o in page], next_page_token=token)
 
     async def CancelOrder(self, request: pb.CancelOrderRequest, context) -> pb.CancelOrderResponse:
-        async def effect(conn: AsyncConnection) -> pb.CancelOrderResponse:
+        async def effect(conn: Connection) -> pb.CancelOrderResponse:
             order = await self.store.order(conn, request.order_id, lock=True)
             if order is None:
                 raise NotFound("order", request.order_id)
@@ -179,7 +179,7 @@ class UnpaidOrderSweeper:
     warehouse releases the hold, marketing gives the coupon back). SKIP LOCKED: replicas sweep side by side,
     and an order a payment is being recorded for right now is left for the next pass."""
 
-    def __init__(self, engine: AsyncEngine, store: OrderStore, window_s: float, interval_s: float,
+    def __init__(self, engine: Database, store: OrderStore, window_s: float, interval_s: float,
                  per_pass: int = 200):
         self.engine = engine
         self.store = store

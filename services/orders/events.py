@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from omo.warehouse.v1 import events_pb2 as wh_events
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.runtime.consumer import Delivery, Handler
+from services.runtime.db import Connection
 from services.runtime.errors import NotFound
 
 from . import domain
@@ -20,7 +20,7 @@ def on_shipment_dispatched(store: OrderStore) -> Handler:
     (defence in depth behind the inbox); an order that is not PAID fails the message, which the consumer retries
     and finally dead-letters."""
 
-    async def handle(conn: AsyncConnection, event: wh_events.ShipmentDispatched, delivery: Delivery) -> None:
+    async def handle(conn: Connection, event: wh_events.ShipmentDispatched, delivery: Delivery) -> None:
         order = await store.order(conn, event.order_id, lock=True)
         if order is None:
             raise NotFound("order", event.order_id)
@@ -40,7 +40,7 @@ def on_ready_for_pickup(store: OrderStore) -> Handler:
     """A paid store-pickup order is set aside at the store: the order carries the pickup code for the consumer.
     It becomes DISPATCHED when the consumer collects it (warehouse.shipment.dispatched)."""
 
-    async def handle(conn: AsyncConnection, event: wh_events.ShipmentReadyForPickup, delivery: Delivery) -> None:
+    async def handle(conn: Connection, event: wh_events.ShipmentReadyForPickup, delivery: Delivery) -> None:
         order = await store.order(conn, event.order_id, lock=True)
         if order is None:
             raise NotFound("order", event.order_id)
@@ -56,7 +56,7 @@ def on_shipment_delivered(store: OrderStore) -> Handler:
     dispatched yet fails the message, which is retried: the dispatch event may simply not have been handled
     yet."""
 
-    async def handle(conn: AsyncConnection, event: wh_events.ShipmentDelivered, delivery: Delivery) -> None:
+    async def handle(conn: Connection, event: wh_events.ShipmentDelivered, delivery: Delivery) -> None:
         order = await store.order(conn, event.order_id, lock=True)
         if order is None:
             raise NotFound("order", event.order_id)

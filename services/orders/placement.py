@@ -20,9 +20,9 @@ from omo.marketing.v1 import marketing_pb2_grpc
 from omo.orders.v1 import orders_pb2 as pb
 from omo.warehouse.v1 import warehouse_pb2 as wh
 from omo.warehouse.v1 import warehouse_pb2_grpc
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.runtime import timestamps
+from services.runtime.db import Database
 from services.runtime.errors import InvalidArgument
 from services.runtime.idempotency import request_hash
 from services.runtime.ids import derived_id
@@ -54,7 +54,7 @@ _WAREHOUSE_MODES = {domain.Fulfilment.CLOUD_SHIPPING: wh.FULFILMENT_MODE_CLOUD_S
 class Placement:
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: Database,
         store: OrderStore,
         catalog: catalog_pb2_grpc.CatalogServiceStub,
         warehouse: warehouse_pb2_grpc.WarehouseServiceStub,

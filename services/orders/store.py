@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.runtime.db import Connection
 from services.runtime.errors import InvalidArgument
 
 from .domain import Attribution, Coupon, Fulfilment, Line, Order, Refund, Status
@@ -110,14 +110,14 @@ def _order(row) -> Order:  # type: ignore[no-untyped-def]
 
 
 class OrderStore:
-    async def prior(self, conn: AsyncConnection, idempotency_key: str) -> Prior | None:
+    async def prior(self, conn: Connection, idempotency_key: str) -> Prior | None:
         row = (await conn.execute(_PRIOR, {"key": idempotency_key})).first()
         if row is None:
             return None
         refusal = None if row.order_id else Refusal(row.code, row.message, bytes(row.status_details))
         return Prior(bytes(row.request_hash), row.order_id, refusal)
 
-    async def add_order(self, conn: AsyncConnection, order: Order, idempotency_key: str, request_hash: bytes) -> bool:
+    async def add_order(self, conn: Connection, order: Order, idempotency_key: str, request_hash: bytes) -> bool:
         """Insert the order with its lines; False if an order with this id exists already."""
         coupon = order.coupon
         params = {
@@ -139,7 +139,7 @@ class OrderStore:
         }
         return (await conn.execute(_PLACE, params)).first() is not None
 
-    async def add_refusal(self, conn: AsyncConnection, idempotency_key: str, request_hash: bytes,
+    async def add_refusal(self, conn: Connection, idempotency_key: str, request_hash: bytes,
                           refusal: Refusal) -> None:
         await conn.execute(
             text("INSERT INTO placement_refusals (idempotency_key, request_hash, code, message, status_details) "
@@ -148,16 +148,16 @@ class OrderStore:
              "details": refusal.status_details},
         )
 
-    async def order(self, conn: AsyncConnection, order_id: str, *, lock: bool = False) -> Order | None:
+    async def order(self, conn: Connection, order_id: str, *, lock: bool = False) -> Order | None:
         """The order with its lines; `lock` holds its row until the transaction ends (payments, shipments)."""
         row = (await conn.execute(_SELECT_LOCKED if lock else _SELECT, {"id": order_id})).first()
         return _order(row) if row else None
 
-    async def order_hash(self, conn: AsyncConnection, order_id: str) -> bytes:
+    async def order_hash(self, conn: Connection, order_id: str) -> bytes:
         return bytes((await conn.execute(text("SELECT request_hash FROM orders WHERE order_id = :id"),
                                          {"id": order_id})).scalar_one())
 
-    async def record_payment(self, conn: AsyncConnection, paid: Order, amount_fen: int) -> None:
+    async def record_payment(self, conn: Connection, paid: Order, amount_fen: int) -> None:
         """Mark the (locked) order PAID and keep the notification, in one statement. The WHERE repeats the state
         check in SQL; the payments key refuses a transaction id that another order recorded meanwhile (each
         payment locks only its own order)."""
@@ -166,7 +166,7 @@ class OrderStore:
         if recorded is None:
             raise InvalidArgument.field("provider_txn_id", "was already recorded for another order")
 
-    async def record_dispatch(self, conn: AsyncConnection, dispatched: Order) -> None:
+    async def record_dispatch(self, conn: Connection, dispatched: Order) -> None:
         updated = await conn.execute(
             text("UPDATE orders SET status = 'DISPATCHED', shipment_id = :s, dispatched_at = :at "
                  "WHERE order_id = :id AND status = 'PAID'"),
@@ -175,14 +175,14 @@ class OrderStore:
         if updated.rowcount != 1:
             raise RuntimeError(f"order {dispatched.order_id} changed under its row lock")
 
-    async def record_pickup_code(self, conn: AsyncConnection, order: Order) -> None:
+    async def record_pickup_code(self, conn: Connection, order: Order) -> None:
         updated = await conn.execute(
             text("UPDATE orders SET pickup_code = :code WHERE order_id = :id AND status = 'PAID'"),
             {"code": order.pickup_code, "id": order.order_id})
         if updated.rowcount != 1:
             raise RuntimeError(f"order {order.order_id} changed under its row lock")
 
-    async def record_delivery(self, conn: AsyncConnection, before: Order, delivered: Order) -> None:
+    async def record_delivery(self, conn: Connection, before: Order, delivered: Order) -> None:
         updated = await conn.execute(
             text("UPDATE orders SET status = :to, delivered_at = :at WHERE order_id = :id AND status = :from "
                  "AND delivered_at IS NULL"),
@@ -191,7 +191,7 @@ class OrderStore:
         if updated.rowcount != 1:
             raise RuntimeError(f"order {delivered.order_id} changed under its row lock")
 
-    async def record_cancel(self, conn: AsyncConnection, cancelled: Order) -> None:
+    async def record_cancel(self, conn: Connection, cancelled: Order) -> None:
         updated = await conn.execute(
             text("UPDATE orders SET status = 'CANCELLED', cancelled_at = :at, cancel_reason = :reason "
                  "WHERE order_id = :id AND status = 'PENDING_PAYMENT'"),
@@ -200,7 +200,7 @@ class OrderStore:
         if updated.rowcount != 1:
             raise RuntimeError(f"order {cancelled.order_id} changed under its row lock")
 
-    async def overdue(self, conn: AsyncConnection, window_s: float, limit: int) -> list[Order]:
+    async def overdue(self, conn: Connection, window_s: float, limit: int) -> list[Order]:
         """Unpaid orders past their payment window, oldest first, locked; rows another sweeper holds are
         skipped."""
         ids = (await conn.execute(
@@ -210,13 +210,13 @@ class OrderStore:
         orders = [await self.order(conn, order_id) for order_id in ids]
         return [o for o in orders if o is not None]
 
-    async def prior_refund(self, conn: AsyncConnection, provider_refund_id: str) -> PriorRefund | None:
+    async def prior_refund(self, conn: Connection, provider_refund_id: str) -> PriorRefund | None:
         row = (await conn.execute(
             text("SELECT order_id, request_hash, refund FROM refunds WHERE provider_refund_id = :id"),
             {"id": provider_refund_id})).first()
         return PriorRefund(row.order_id, bytes(row.request_hash), bytes(row.refund)) if row else None
 
-    async def record_refund(self, conn: AsyncConnection, before: Order, after: Order, refund: Refund,
+    async def record_refund(self, conn: Connection, before: Order, after: Order, refund: Refund,
                             request_hash: bytes, published: bytes) -> None:
         """The refund, the order's status and total, and each line's refunded units, for a locked order. The
         refunds key refuses a provider refund id another order recorded meanwhile."""
@@ -240,7 +240,7 @@ class OrderStore:
             {"id": after.order_id, "skus": [li.sku_id for li in after.lines],
              "qs": [li.refunded_quantity for li in after.lines], "fs": [li.refunded_fen for li in after.lines]})
 
-    async def list_orders(self, conn: AsyncConnection, column: str, value: str, tenant: tuple[str, str] | None,
+    async def list_orders(self, conn: Connection, column: str, value: str, tenant: tuple[str, str] | None,
                           after: tuple[datetime, str] | None, limit: int) -> list[Order]:
         """Newest first. `column` and the tenant column come from domain.list_scope's fixed set, never from
         the caller, so they are safe to put in the SQL text."""

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql.elements import TextClause
 
 from .config import asyncpg_url
+from .errors import Unavailable
 
 _DIALECT = PGDialect_asyncpg(paramstyle="numeric_dollar")
 
@@ -193,6 +194,39 @@ class Database:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+
+# SQLSTATEs worth one more try of the whole transaction: it lost a lock cycle or a serialization race.
+_RETRYABLE = {"40P01", "40001"}
+_LOCK_TIMEOUT = "55P03"
+_UNIQUE_VIOLATION = "23505"
+T = TypeVar("T")
+
+
+def sqlstate(err: DBAPIError) -> str | None:
+    return getattr(err.orig, "sqlstate", None)
+
+
+def is_unique_violation(err: DBAPIError) -> bool:
+    return sqlstate(err) == _UNIQUE_VIOLATION
+
+
+async def retry_conflicts(attempt: Callable[[], Awaitable[T]], tries: int = 4) -> T:
+    """Run a whole transaction again if the database chose it as a deadlock victim (or it lost a serialization
+    race); a lock that stays busy past lock_timeout is UNAVAILABLE (safe to retry with the same idempotency
+    key), never INTERNAL."""
+    for n in range(tries):
+        try:
+            return await attempt()
+        except DBAPIError as err:
+            code = sqlstate(err)
+            if code == _LOCK_TIMEOUT:
+                raise Unavailable("the data is busy, retry with the same idempotency key",
+                                  reason="LOCK_TIMEOUT") from err
+            if code not in _RETRYABLE or n == tries - 1:
+                raise
+            await asyncio.sleep(0.005 * (n + 1))
+    raise AssertionError("unreachable")
 
 
 def create_engine(url: str, schema: str, *, pool_size: int = 6, application_name: str = "") -> Database:

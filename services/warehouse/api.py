@@ -8,9 +8,9 @@ from omo.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from omo.warehouse.v1 import warehouse_pb2 as pb
 from omo.warehouse.v1 import warehouse_pb2_grpc
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.runtime import outbox, reqctx
+from services.runtime.db import Connection, Database
 from services.runtime.errors import AlreadyExists, NotFound, PermissionDenied, Unavailable
 from services.runtime.idempotency import request_hash, run_idempotent
 from services.runtime.ids import new_id
@@ -50,7 +50,7 @@ def _require_brand_operator() -> None:
 
 
 class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
-    def __init__(self, engine: AsyncEngine, store: WarehouseStore, catalog: catalog_pb2_grpc.CatalogServiceStub,
+    def __init__(self, engine: Database, store: WarehouseStore, catalog: catalog_pb2_grpc.CatalogServiceStub,
                  default_hold_s: float = domain.DEFAULT_HOLD_S):
         self.engine = engine
         self.store = store
@@ -68,7 +68,7 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
             # Store stock belongs to a store the catalog knows (NOT_FOUND otherwise).
             await self.catalog.GetStore(catalog_pb2.GetStoreRequest(store_id=warehouse.store_id))
 
-        async def effect(conn: AsyncConnection) -> pb.CreateWarehouseResponse:
+        async def effect(conn: Connection) -> pb.CreateWarehouseResponse:
             if not await self.store.add_warehouse(conn, warehouse):
                 raise AlreadyExists(f"a warehouse with code {request.code!r} exists",
                                     reason="WAREHOUSE_CODE_TAKEN", metadata={"code": request.code})
@@ -82,7 +82,7 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
         # Goods of a SKU the brand's library does not know are refused at the door (NOT_FOUND from catalog).
         await self.catalog.GetSku(catalog_pb2.GetSkuRequest(sku_id=request.sku_id))
 
-        async def effect(conn: AsyncConnection) -> pb.ReceiveStockResponse:
+        async def effect(conn: Connection) -> pb.ReceiveStockResponse:
             if await self.store.warehouse(conn, request.warehouse_id) is None:
                 raise NotFound("warehouse", request.warehouse_id)
             receipt_id = new_id("rcp")
@@ -97,7 +97,7 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
         _require_brand_operator()
         await self.catalog.GetSku(catalog_pb2.GetSkuRequest(sku_id=request.sku_id))
 
-        async def effect(conn: AsyncConnection) -> pb.AdjustStockResponse:
+        async def effect(conn: Connection) -> pb.AdjustStockResponse:
             if await self.store.warehouse(conn, request.warehouse_id) is None:
                 raise NotFound("warehouse", request.warehouse_id)
             current = await self.store.level(conn, request.warehouse_id, request.sku_id, lock=True)
@@ -209,7 +209,7 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
 
     async def ReleaseReservation(self, request: pb.ReleaseReservationRequest,
                                  context) -> pb.ReleaseReservationResponse:
-        async def effect(conn: AsyncConnection) -> pb.ReleaseReservationResponse:
+        async def effect(conn: Connection) -> pb.ReleaseReservationResponse:
             reservation = await self.store.reservation(conn, request.reservation_id, lock=True)
             if reservation is None:
                 raise NotFound("reservation", request.reservation_id)
@@ -230,7 +230,7 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
         return pb.ListShipmentsResponse(shipments=[shipment_pb(s) for s in shipments])
 
     async def CollectPickup(self, request: pb.CollectPickupRequest, context) -> pb.CollectPickupResponse:
-        async def effect(conn: AsyncConnection) -> pb.CollectPickupResponse:
+        async def effect(conn: Connection) -> pb.CollectPickupResponse:
             found = await self.store.pickup(conn, request.shipment_id)
             if found is None:
                 raise NotFound("shipment", request.shipment_id)
@@ -245,7 +245,7 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
             self.engine, "CollectPickup", request.idempotency_key, request, pb.CollectPickupResponse, effect))
 
     async def RecordDelivery(self, request: pb.RecordDeliveryRequest, context) -> pb.RecordDeliveryResponse:
-        async def effect(conn: AsyncConnection) -> pb.RecordDeliveryResponse:
+        async def effect(conn: Connection) -> pb.RecordDeliveryResponse:
             shipment = await self.store.shipment_locked(conn, request.shipment_id)
             if shipment is None:
                 raise NotFound("shipment", request.shipment_id)

@@ -8,10 +8,10 @@ from dataclasses import replace
 from datetime import datetime
 
 from omo.orders.v1 import events_pb2 as orders_events
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.runtime import log, outbox
 from services.runtime.consumer import Delivery
+from services.runtime.db import Connection, Database
 from services.runtime.errors import FailedPrecondition
 from services.runtime.ids import derived_id
 from services.runtime.timestamps import now
@@ -42,7 +42,7 @@ class OrderPaidHandler:
     def __init__(self, store: WarehouseStore):
         self.store = store
 
-    async def __call__(self, conn: AsyncConnection, event: orders_events.OrderPaid, delivery: Delivery) -> None:
+    async def __call__(self, conn: Connection, event: orders_events.OrderPaid, delivery: Delivery) -> None:
         order = event.order
         found = await self.store.reservation_for_order(conn, order.order_id)
         if found is None:
@@ -76,7 +76,7 @@ class OrderPaidHandler:
             shipment = await self._retake(conn, reservation, dispatched_at)
         await outbox.add(conn, SHIPMENT_DISPATCHED, shipment_dispatched(shipment))
 
-    async def _retake(self, conn: AsyncConnection, reservation: domain.Reservation,
+    async def _retake(self, conn: Connection, reservation: domain.Reservation,
                       dispatched_at: datetime) -> domain.Shipment:
         """Paid after its hold was released: take the units again, own warehouse first. If nobody has them
         the event fails, is retried and finally dead-lettered for a refund."""
@@ -108,7 +108,7 @@ class OrderCancelledHandler:
     def __init__(self, store: WarehouseStore):
         self.store = store
 
-    async def __call__(self, conn: AsyncConnection, event: orders_events.OrderCancelled, delivery: Delivery) -> None:
+    async def __call__(self, conn: Connection, event: orders_events.OrderCancelled, delivery: Delivery) -> None:
         found = await self.store.reservation_for_order(conn, event.order_id)
         if found is None:
             return
@@ -128,7 +128,7 @@ class OrderRefundedHandler:
     def __init__(self, store: WarehouseStore):
         self.store = store
 
-    async def __call__(self, conn: AsyncConnection, event: orders_events.OrderRefunded, delivery: Delivery) -> None:
+    async def __call__(self, conn: Connection, event: orders_events.OrderRefunded, delivery: Delivery) -> None:
         refund = event.refund
         if not refund.goods_returned:
             return
@@ -151,7 +151,7 @@ class ExpirySweeper:
     "expired"). One reservation per transaction: its rows are locked reservation first, then stock in sku_id
     order, like every other path, and SKIP LOCKED lets replicas sweep side by side."""
 
-    def __init__(self, engine: AsyncEngine, store: WarehouseStore, interval_s: float, per_pass: int = 200):
+    def __init__(self, engine: Database, store: WarehouseStore, interval_s: float, per_pass: int = 200):
         self.engine = engine
         self.store = store
         self.interval_s = interval_s

@@ -15,8 +15,8 @@ from typing import TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.runtime.db import Connection
 from services.runtime.errors import Unavailable
 
 from .domain import (
@@ -305,7 +305,7 @@ def _reservation(row) -> Reservation:  # type: ignore[no-untyped-def]
 
 class WarehouseStore:
     # -- warehouses and stock ---------------------------------------------------------------------------
-    async def add_warehouse(self, conn: AsyncConnection, w: Warehouse) -> bool:
+    async def add_warehouse(self, conn: Connection, w: Warehouse) -> bool:
         """False if the code is taken (the unique constraint decides, so concurrent creates are safe)."""
         row = (await conn.execute(
             text(f"INSERT INTO warehouses ({_WAREHOUSE_COLS}) VALUES "
@@ -315,31 +315,31 @@ class WarehouseStore:
         )).first()
         return row is not None
 
-    async def warehouse(self, conn: AsyncConnection, warehouse_id: str) -> Warehouse | None:
+    async def warehouse(self, conn: Connection, warehouse_id: str) -> Warehouse | None:
         row = (await conn.execute(text(f"SELECT {_WAREHOUSE_COLS} FROM warehouses WHERE warehouse_id = :id"),
                                   {"id": warehouse_id})).first()
         return _warehouse(row) if row else None
 
-    async def cloud_warehouse_ids(self, conn: AsyncConnection) -> list[str]:
+    async def cloud_warehouse_ids(self, conn: Connection) -> list[str]:
         rows = await conn.execute(text("SELECT warehouse_id FROM warehouses WHERE kind = 'CLOUD' "
                                        "ORDER BY warehouse_id"))
         return [r.warehouse_id for r in rows]
 
-    async def book(self, conn: AsyncConnection, warehouse_id: str, sku_id: str, quantity: int,
+    async def book(self, conn: Connection, warehouse_id: str, sku_id: str, quantity: int,
                    reason: MovementReason, reference_id: str) -> StockLevel:
         """on_hand += quantity (negative for an adjustment down) with its movement."""
         row = (await conn.execute(_BOOK, {"w": warehouse_id, "s": sku_id, "q": quantity, "reason": str(reason),
                                           "ref": reference_id})).one()
         return StockLevel(*row)
 
-    async def level(self, conn: AsyncConnection, warehouse_id: str, sku_id: str, *,
+    async def level(self, conn: Connection, warehouse_id: str, sku_id: str, *,
                     lock: bool = False) -> StockLevel | None:
         row = (await conn.execute(
             text("SELECT warehouse_id, sku_id, on_hand, reserved FROM stock WHERE warehouse_id = :w AND sku_id = :s"
                  + (" FOR UPDATE" if lock else "")), {"w": warehouse_id, "s": sku_id})).first()
         return StockLevel(*row) if row else None
 
-    async def route_levels(self, conn: AsyncConnection, mode: str,
+    async def route_levels(self, conn: Connection, mode: str,
                            sku_ids: list[str]) -> tuple[list[Warehouse], Availability]:
         """Every location offering the mode, and what it has available of the SKUs."""
         rows = (await conn.execute(text(
@@ -353,12 +353,12 @@ class WarehouseStore:
         return ([_warehouse(r) for r in rows],
                 {r.warehouse_id: dict(zip(r.skus, r.available, strict=True)) for r in rows})
 
-    async def levels(self, conn: AsyncConnection, sku_id: str) -> list[StockLevel]:
+    async def levels(self, conn: Connection, sku_id: str) -> list[StockLevel]:
         rows = await conn.execute(text("SELECT warehouse_id, sku_id, on_hand, reserved FROM stock "
                                        "WHERE sku_id = :s ORDER BY warehouse_id"), {"s": sku_id})
         return [StockLevel(*r) for r in rows]
 
-    async def movements(self, conn: AsyncConnection, warehouse_id: str, sku_id: str, after: int,
+    async def movements(self, conn: Connection, warehouse_id: str, sku_id: str, after: int,
                         limit: int) -> list[Movement]:
         """One SKU's movements in a warehouse, or every SKU's when sku_id is empty."""
         which = "AND sku_id = :s " if sku_id else ""
@@ -372,14 +372,14 @@ class WarehouseStore:
                          MovementReason(r.reason), r.reference_id, r.created_at) for r in rows]
 
     # -- reservations -----------------------------------------------------------------------------------
-    async def reserve(self, conn: AsyncConnection, call: ReserveCall) -> ReserveResult:
+    async def reserve(self, conn: Connection, call: ReserveCall) -> ReserveResult:
         row = (await conn.execute(_RESERVE, {
             **_split(call.lines), "rid": call.reservation_id, "order_id": call.order_id, "key": call.key,
             "hash": call.request_hash, "hold_s": call.hold_s, "w": call.warehouse_id,
         })).one()
         return _result(row)
 
-    async def reserve_batch(self, conn: AsyncConnection, calls: list[ReserveCall]) -> list[ReserveResult]:
+    async def reserve_batch(self, conn: Connection, calls: list[ReserveCall]) -> list[ReserveResult]:
         """Single-line reservations in one transaction (one commit); results in the calls' order."""
         rows = (await conn.execute(_RESERVE_BATCH, {
             "rids": [c.reservation_id for c in calls], "order_ids": [c.order_id for c in calls],
@@ -389,7 +389,7 @@ class WarehouseStore:
         })).all()
         return [_result(row) for row in rows]
 
-    async def expired_reservations(self, conn: AsyncConnection, limit: int) -> list[Reservation]:
+    async def expired_reservations(self, conn: Connection, limit: int) -> list[Reservation]:
         """Holds past their expiry, oldest first, locked; ones another sweeper holds are skipped."""
         rows = await conn.execute(
             text(f"SELECT {_RESERVATION_COLS} FROM reservations r WHERE r.status = 'RESERVED' "
@@ -397,21 +397,21 @@ class WarehouseStore:
             {"n": limit})
         return [_reservation(r) for r in rows]
 
-    async def prior_reservations(self, conn: AsyncConnection, key: str, order_id: str) -> list[Reservation]:
+    async def prior_reservations(self, conn: Connection, key: str, order_id: str) -> list[Reservation]:
         rows = await conn.execute(
             text(f"SELECT {_RESERVATION_COLS} FROM reservations r WHERE r.idempotency_key = :key OR r.order_id = :o"),
             {"key": key, "o": order_id},
         )
         return [_reservation(r) for r in rows]
 
-    async def reservation(self, conn: AsyncConnection, reservation_id: str, *,
+    async def reservation(self, conn: Connection, reservation_id: str, *,
                           lock: bool = False) -> Reservation | None:
         sql = (f"SELECT {_RESERVATION_COLS} FROM reservations r WHERE r.reservation_id = :id"
                + (" FOR UPDATE OF r" if lock else ""))
         row = (await conn.execute(text(sql), {"id": reservation_id})).first()
         return _reservation(row) if row else None
 
-    async def reservation_for_order(self, conn: AsyncConnection, order_id: str) -> HeldFor | None:
+    async def reservation_for_order(self, conn: Connection, order_id: str) -> HeldFor | None:
         """The order's reservation, locked against concurrent shipping or release, whether the order has a
         shipment already, and what kind of location holds it (and whose store, for store stock)."""
         sql = (f"SELECT {_RESERVATION_COLS}, EXISTS (SELECT 1 FROM shipments s WHERE s.order_id = r.order_id) "
@@ -421,7 +421,7 @@ class WarehouseStore:
         row = (await conn.execute(text(sql), {"o": order_id})).first()
         return HeldFor(_reservation(row), row.shipped, row.location_kind, row.location_store_id) if row else None
 
-    async def set_aside(self, conn: AsyncConnection, reservation: Reservation, shipment: Shipment,
+    async def set_aside(self, conn: Connection, reservation: Reservation, shipment: Shipment,
                         pickup_code: str) -> None:
         """RESERVED -> CONFIRMED (no longer expires) with a READY_FOR_PICKUP shipment; the units stay held."""
         row = (await conn.execute(_SET_ASIDE, {**_split(shipment.lines), "rid": reservation.reservation_id,
@@ -431,7 +431,7 @@ class WarehouseStore:
         if row.reservations != 1:
             raise RuntimeError(f"reservation {reservation.reservation_id} changed under its row lock")
 
-    async def pickup(self, conn: AsyncConnection, shipment_id: str) -> tuple[Shipment, str] | None:
+    async def pickup(self, conn: Connection, shipment_id: str) -> tuple[Shipment, str] | None:
         """A shipment with its pickup code, its reservation and itself locked (reservation first, as on every
         other path)."""
         row = (await conn.execute(text(
@@ -444,11 +444,11 @@ class WarehouseStore:
         assert found is not None
         return found, row.pickup_code or ""
 
-    async def shipment_locked(self, conn: AsyncConnection, shipment_id: str) -> Shipment | None:
+    async def shipment_locked(self, conn: Connection, shipment_id: str) -> Shipment | None:
         await conn.execute(text("SELECT 1 FROM shipments WHERE shipment_id = :s FOR UPDATE"), {"s": shipment_id})
         return await self.shipment(conn, shipment_id)
 
-    async def deliver(self, conn: AsyncConnection, shipment: Shipment) -> None:
+    async def deliver(self, conn: Connection, shipment: Shipment) -> None:
         updated = await conn.execute(
             text("UPDATE shipments SET status = 'DELIVERED', delivered_at = :at "
                  "WHERE shipment_id = :s AND status = 'DISPATCHED'"),
@@ -456,7 +456,7 @@ class WarehouseStore:
         if updated.rowcount != 1:
             raise RuntimeError(f"shipment {shipment.shipment_id} changed under its row lock")
 
-    async def collect(self, conn: AsyncConnection, shipment: Shipment, at: datetime) -> None:
+    async def collect(self, conn: Connection, shipment: Shipment, at: datetime) -> None:
         """READY_FOR_PICKUP -> DISPATCHED: the held units leave the store's stock (shipment movements)."""
         row = (await conn.execute(_COLLECT, {"sid": shipment.shipment_id, "w": shipment.warehouse_id,
                                              "rid": shipment.reservation_id, "at": at})).one()
@@ -464,17 +464,17 @@ class WarehouseStore:
             raise RuntimeError(f"collecting shipment {shipment.shipment_id} changed {row.lines} stock rows and "
                                f"{row.reservations} reservations")
 
-    async def release(self, conn: AsyncConnection, reservation: Reservation, reason: str) -> None:
+    async def release(self, conn: Connection, reservation: Reservation, reason: str) -> None:
         row = (await conn.execute(_RELEASE, {**_split(reservation.lines), "w": reservation.warehouse_id,
                                              "rid": reservation.reservation_id, "reason": reason})).one()
         _expect(row, len(reservation.lines), "release", reservation)
 
     # -- shipments --------------------------------------------------------------------------------------
-    async def ship_held(self, conn: AsyncConnection, reservation: Reservation, shipment: Shipment) -> None:
+    async def ship_held(self, conn: Connection, reservation: Reservation, shipment: Shipment) -> None:
         row = (await conn.execute(_SHIP_HELD, _ship_params(reservation, shipment))).one()
         _expect(row, len(reservation.lines), "ship", reservation)
 
-    async def retake_and_ship(self, conn: AsyncConnection, reservation: Reservation, shipment: Shipment) -> bool:
+    async def retake_and_ship(self, conn: Connection, reservation: Reservation, shipment: Shipment) -> bool:
         """False (and nothing changed) if the warehouse no longer has every line available."""
         row = (await conn.execute(_RETAKE_AND_SHIP, _ship_params(reservation, shipment))).one()
         if row.lines == 0:
@@ -482,16 +482,16 @@ class WarehouseStore:
         _expect(row, len(reservation.lines), "re-take", reservation)
         return True
 
-    async def shipments(self, conn: AsyncConnection, order_id: str) -> list[Shipment]:
+    async def shipments(self, conn: Connection, order_id: str) -> list[Shipment]:
         rows = await conn.execute(text(_SHIPMENTS + "WHERE s.order_id = :o ORDER BY s.shipment_id"), {"o": order_id})
         return [_shipment(r) for r in rows]
 
-    async def shipment(self, conn: AsyncConnection, shipment_id: str) -> Shipment | None:
+    async def shipment(self, conn: Connection, shipment_id: str) -> Shipment | None:
         row = (await conn.execute(text(_SHIPMENTS + "WHERE s.shipment_id = :s"), {"s": shipment_id})).first()
         return _shipment(row) if row else None
 
 
-    async def shipments_locked(self, conn: AsyncConnection, order_id: str) -> list[Shipment]:
+    async def shipments_locked(self, conn: Connection, order_id: str) -> list[Shipment]:
         await conn.execute(text("SELECT 1 FROM shipments WHERE order_id = :o ORDER BY shipment_id FOR UPDATE"),
                            {"o": order_id})
         return await self.shipments(conn, order_id)

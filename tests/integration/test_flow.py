@@ -45,7 +45,7 @@ def buy_and_ship(clients, world, lines, coupon_code=""):  # type: ignore[no-unty
     dispatched = eventually(lambda: clients.orders.GetOrder(pb.GetOrderRequest(order_id=order.order_id)).order,
                             lambda o: o.status == pb.ORDER_STATUS_DISPATCHED, "the order to be dispatched")
     split = eventually(lambda: clients.settlement.GetOrderSplit(st.GetOrderSplitRequest(order_id=order.order_id)).split,
-                       lambda s: True, "the payment to be split")
+                       lambda s: s.state == st.SPLIT_STATE_COMPLETED, "the payment to be split")
     return dispatched, split
 
 

@@ -27,7 +27,7 @@ def uid(prefix: str) -> str:
 
 
 def paid_event(brand_id: str, dealer_id: str, lines: list[tuple[int, int, int]], *, brand_coupon: int = 0,
-               discount: int = 0) -> order_events.OrderPaid:
+               discount: int = 0, store_id: str = "", guide_id: str = "") -> order_events.OrderPaid:
     """An OrderPaid for lines of (quantity, unit price, unit supply price)."""
     subtotal = sum(q * price for q, price, _ in lines)
     coupon = (orders.AppliedCoupon(code="C1", funder=orders.COUPON_FUNDER_BRAND, discount_fen=brand_coupon)
@@ -39,6 +39,7 @@ def paid_event(brand_id: str, dealer_id: str, lines: list[tuple[int, int, int]],
         lines=[orders.OrderLine(sku_id=uid("sku"), name="ThinkPad", quantity=q, unit_price_fen=price,
                                 unit_supply_price_fen=supply, line_total_fen=q * price)
                for q, price, supply in lines],
+        attribution=orders.Attribution(scene="qr", dealer_id=dealer_id, store_id=store_id, guide_id=guide_id),
         coupon=coupon, subtotal_fen=subtotal, discount_fen=total_discount, payable_fen=subtotal - total_discount,
         payment_txn_id=uid("txn"))
     return order_events.OrderPaid(order=order, provider_txn_id=order.payment_txn_id)
@@ -63,11 +64,16 @@ def publish(stack, event: order_events.OrderPaid, event_id: str | None = None) -
     return event_id
 
 
-def wait_split(clients, order_id: str, timeout_s: float = 15) -> pb.OrderSplit:  # type: ignore[no-untyped-def]
+def wait_split(clients, order_id: str, timeout_s: float = 15,  # type: ignore[no-untyped-def]
+               state: int = pb.SPLIT_STATE_COMPLETED) -> pb.OrderSplit:
+    """The order's split once it has reached `state` (by default: carried out at the provider)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return clients.settlement.GetOrderSplit(pb.GetOrderSplitRequest(order_id=order_id)).split
+            split = clients.settlement.GetOrderSplit(pb.GetOrderSplitRequest(order_id=order_id)).split
+            if split.state >= state:
+                return split
+            assert time.monotonic() < deadline, f"split of {order_id} still {pb.SplitState.Name(split.state)}"
         except grpc.RpcError as err:
             if err.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
                 raise
@@ -157,7 +163,10 @@ def test_paid_order_is_split_cost_to_brand_profit_to_dealer(stack, clients):
         pb.SPLIT_ROLE_PROFIT_TO_DEALER: (pb.PARTY_TYPE_DEALER, dealer, 59_800),
     }
     assert not split.receivables
-    assert len(split.journal_ids) == 2 and split.settled_at.seconds > 0
+    assert split.state == pb.SPLIT_STATE_COMPLETED and split.cap_fen == 249_800  # the test stack lifts the cap
+    assert [(leg.shared_fen, leg.deferred_fen, leg.state) for leg in split.legs] == [
+        (190_000, 0, pb.LEG_STATE_SUCCESS), (0, 0, pb.LEG_STATE_SUCCESS)]
+    assert len(split.journal_ids) == 3 and split.HasField("settled_at")  # payment, the brand's share, completion
 
     assert balances(clients, pb.PARTY_TYPE_DEALER, dealer) == {
         pb.ACCOUNT_PURPOSE_MERCHANT_FROZEN: 0, pb.ACCOUNT_PURPOSE_MERCHANT_AVAILABLE: 59_800}
@@ -169,8 +178,9 @@ def test_paid_order_is_split_cost_to_brand_profit_to_dealer(stack, clients):
     assert [tuple(r) for r in rows] == [
         ("ORDER_PAYMENT", -249_800, "PROVIDER", "PAYMENTS_CLEARING"),
         ("ORDER_PAYMENT", 249_800, "DEALER", "MERCHANT_FROZEN"),
-        ("ORDER_SPLIT", -249_800, "DEALER", "MERCHANT_FROZEN"),
-        ("ORDER_SPLIT", 190_000, "BRAND", "COST_SHARE"),
+        ("SHARE", -190_000, "DEALER", "MERCHANT_FROZEN"),
+        ("SHARE", 190_000, "BRAND", "COST_SHARE"),
+        ("ORDER_SPLIT", -59_800, "DEALER", "MERCHANT_FROZEN"),
         ("ORDER_SPLIT", 59_800, "DEALER", "MERCHANT_AVAILABLE"),
     ]
 
@@ -194,7 +204,7 @@ def test_an_order_is_split_once_however_often_its_payment_arrives(stack, clients
     assert (balances(clients, pb.PARTY_TYPE_DEALER, dealer), balances(clients, pb.PARTY_TYPE_BRAND, brand)) == before
     counts = db(stack, "SELECT (SELECT count(*) FROM splits WHERE order_id = $1), "
                        "(SELECT count(*) FROM journals WHERE order_id = $1)", event.order.order_id)
-    assert tuple(counts[0]) == (1, 2)
+    assert tuple(counts[0]) == (1, 3)
     [announced] = split_events(stack, event.order.order_id)
     assert (announced.brand_id, announced.dealer_id, announced.store_id) == (brand, dealer, event.order.store_id)
     assert announced.split == first
