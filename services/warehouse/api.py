@@ -63,7 +63,8 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
 
         warehouse = domain.location(new_id("whs"), request.code, request.name, KINDS[request.kind],
                                     request.region, request.latitude, request.longitude,
-                                    [MODES[m] for m in request.modes], request.store_id, request.express_radius_km)
+                                    [MODES[m] for m in request.modes], request.store_id, request.express_radius_km,
+                                    request.manual_fulfilment)
         if warehouse.store_id:
             # Store stock belongs to a store the catalog knows (NOT_FOUND otherwise).
             await self.catalog.GetStore(catalog_pb2.GetStoreRequest(store_id=warehouse.store_id))
@@ -237,12 +238,41 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
             shipment, code = found
             domain.check_collect(shipment, request.pickup_code, code)
             collected = replace(shipment, status="DISPATCHED", dispatched_at=now())
-            await self.store.collect(conn, shipment, collected.dispatched_at)  # type: ignore[arg-type]
+            await self.store.hand_over(conn, shipment, collected)
             await outbox.add(conn, SHIPMENT_DISPATCHED, shipment_dispatched(collected))
             return pb.CollectPickupResponse(shipment=shipment_pb(collected))
 
         return await retry_conflicts(lambda: run_idempotent(
             self.engine, "CollectPickup", request.idempotency_key, request, pb.CollectPickupResponse, effect))
+
+    async def _step(self, scope: str, request, to: str, response_type, **handed):  # type: ignore[no-untyped-def]
+        """One hand-fulfilment step of a shipment, idempotent by the request's key."""
+        async def effect(conn: Connection):  # type: ignore[no-untyped-def]
+            shipment = await self.store.shipment_locked(conn, request.shipment_id)
+            if shipment is None:
+                raise NotFound("shipment", request.shipment_id)
+            domain.check_step(shipment, to)
+            if to == "DISPATCHED":
+                after = replace(shipment, status=to, dispatched_at=now(), **handed)
+                await self.store.hand_over(conn, shipment, after)
+                await outbox.add(conn, SHIPMENT_DISPATCHED, shipment_dispatched(after))
+            else:
+                after = replace(shipment, status=to)
+                await self.store.step(conn, shipment, to)
+            return response_type(shipment=shipment_pb(after))
+
+        return await retry_conflicts(lambda: run_idempotent(self.engine, scope, request.idempotency_key, request,
+                                                            response_type, effect))
+
+    async def PickShipment(self, request: pb.PickShipmentRequest, context) -> pb.PickShipmentResponse:
+        return await self._step("PickShipment", request, "PICKED", pb.PickShipmentResponse)
+
+    async def PackShipment(self, request: pb.PackShipmentRequest, context) -> pb.PackShipmentResponse:
+        return await self._step("PackShipment", request, "PACKED", pb.PackShipmentResponse)
+
+    async def ShipShipment(self, request: pb.ShipShipmentRequest, context) -> pb.ShipShipmentResponse:
+        return await self._step("ShipShipment", request, "DISPATCHED", pb.ShipShipmentResponse,
+                                carrier=request.carrier, tracking_number=request.tracking_number)
 
     async def RecordDelivery(self, request: pb.RecordDeliveryRequest, context) -> pb.RecordDeliveryResponse:
         async def effect(conn: Connection) -> pb.RecordDeliveryResponse:

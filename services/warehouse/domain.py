@@ -84,10 +84,12 @@ class Warehouse:
     modes: tuple[str, ...] = (Mode.CLOUD_SHIPPING,)
     store_id: str = ""
     express_radius_km: int = 0
+    manual_fulfilment: bool = False
 
 
 def location(warehouse_id: str, code: str, name: str, kind: Kind, region: str, latitude: float,
-             longitude: float, modes: Iterable[Mode], store_id: str, express_radius_km: int) -> Warehouse:
+             longitude: float, modes: Iterable[Mode], store_id: str, express_radius_km: int,
+             manual_fulfilment: bool = False) -> Warehouse:
     """A new stock location, its modes defaulted from its kind and checked against it: pickup happens at a
     store's own stock, express needs a reach, and store stock belongs to exactly one store."""
     chosen = tuple(sorted(set(modes))) or _USUAL_MODES[kind]
@@ -104,8 +106,10 @@ def location(warehouse_id: str, code: str, name: str, kind: Kind, region: str, l
         radius = DEFAULT_EXPRESS_RADIUS_KM
     if Mode.EXPRESS_3H not in chosen and radius:
         raise InvalidArgument.field("express_radius_km", "is only meaningful with EXPRESS_3H")
+    if manual_fulfilment and kind == Kind.STORE:
+        raise InvalidArgument.field("manual_fulfilment", "a store's stock is collected at the counter")
     return Warehouse(warehouse_id, code, name, kind, region, latitude, longitude,
-                     tuple(str(m) for m in chosen), store_id, radius)
+                     tuple(str(m) for m in chosen), store_id, radius, manual_fulfilment)
 
 
 def check_adjustment(level: StockLevel | None, sku_id: str, delta: int) -> None:
@@ -157,6 +161,8 @@ class Shipment:
     status: str = "DISPATCHED"
     ready_at: datetime | None = None
     delivered_at: datetime | None = None
+    carrier: str = ""
+    tracking_number: str = ""
 
 
 @dataclass(frozen=True)
@@ -262,23 +268,39 @@ class ShipAction(enum.Enum):
     RETAKE = "retake"
     # Held at a store's counter stock: set it aside for the consumer to collect.
     SET_ASIDE = "set_aside"
+    # Held at a location fulfilling by hand: a shipment to pick, pack and ship.
+    TO_PICK = "to_pick"
 
 
-def ship_action(reservation: Reservation, shipped: bool, location_kind: str = Kind.CLOUD) -> ShipAction:
+def ship_action(reservation: Reservation, shipped: bool, location_kind: str = Kind.CLOUD,
+                manual: bool = False) -> ShipAction:
     if shipped:
         return ShipAction.ALREADY_SHIPPED
     check_transition(reservation, ReservationStatus.SHIPPED)
     if reservation.status == ReservationStatus.RESERVED:
-        return ShipAction.SET_ASIDE if location_kind == Kind.STORE else ShipAction.SHIP_HELD
+        if location_kind == Kind.STORE:
+            return ShipAction.SET_ASIDE
+        return ShipAction.TO_PICK if manual else ShipAction.SHIP_HELD
     return ShipAction.RETAKE
+
+
+# Hand fulfilment, one step at a time; a pickup is handed over at the counter; a parcel is delivered.
+_SHIPMENT_STEPS = {
+    "CREATED": "PICKED", "PICKED": "PACKED", "PACKED": "DISPATCHED", "READY_FOR_PICKUP": "DISPATCHED",
+    "DISPATCHED": "DELIVERED",
+}
+
+
+def check_step(shipment: Shipment, to: str) -> None:
+    if _SHIPMENT_STEPS.get(shipment.status) != to:
+        raise FailedPrecondition(f"shipment {shipment.shipment_id!r} is {shipment.status}, it cannot become {to}",
+                                 reason=f"SHIPMENT_{shipment.status}",
+                                 metadata={"shipment_id": shipment.shipment_id, "status": shipment.status})
 
 
 def check_delivery(shipment: Shipment) -> None:
     """Only a parcel on its way is delivered."""
-    if shipment.status != "DISPATCHED":
-        raise FailedPrecondition(f"shipment {shipment.shipment_id!r} is {shipment.status}, not on its way",
-                                 reason=f"SHIPMENT_{shipment.status}",
-                                 metadata={"shipment_id": shipment.shipment_id, "status": shipment.status})
+    check_step(shipment, "DELIVERED")
 
 
 def check_collect(shipment: Shipment, pickup_code: str, expected_code: str) -> None:

@@ -56,8 +56,12 @@ class OrderPaidHandler:
                 reason="RESERVATION_MISMATCH",
                 metadata={"order_id": order.order_id, "reservation_id": reservation.reservation_id},
             )
-        action = domain.ship_action(reservation, shipped, found.location_kind)
+        action = domain.ship_action(reservation, shipped, found.location_kind, found.location_manual)
         if action is domain.ShipAction.ALREADY_SHIPPED:
+            return
+        if action is domain.ShipAction.TO_PICK:
+            to_pick = replace(self._shipment(reservation, reservation.warehouse_id, None), status="CREATED")
+            await self.store.set_aside(conn, reservation, to_pick, None)
             return
         if action is domain.ShipAction.SET_ASIDE:
             ready = replace(self._shipment(reservation, reservation.warehouse_id, None), status="READY_FOR_PICKUP",

@@ -43,7 +43,7 @@ def warehouse_pb(w: domain.Warehouse) -> pb.Warehouse:
     return pb.Warehouse(warehouse_id=w.warehouse_id, code=w.code, name=w.name, kind=_KIND_PB[str(w.kind)],
                         region=w.region, latitude=w.latitude, longitude=w.longitude,
                         modes=[_MODE_PB[m] for m in w.modes], store_id=w.store_id,
-                        express_radius_km=w.express_radius_km)
+                        express_radius_km=w.express_radius_km, manual_fulfilment=w.manual_fulfilment)
 
 
 def level_pb(s: domain.StockLevel) -> pb.StockLevel:
@@ -63,14 +63,18 @@ def reservation_pb(r: domain.Reservation) -> pb.Reservation:
 
 _SHIPMENT_STATUS = {"DISPATCHED": pb.SHIPMENT_STATUS_DISPATCHED,
                     "READY_FOR_PICKUP": pb.SHIPMENT_STATUS_READY_FOR_PICKUP,
-                    "DELIVERED": pb.SHIPMENT_STATUS_DELIVERED}
+                    "DELIVERED": pb.SHIPMENT_STATUS_DELIVERED,
+                    "CREATED": pb.SHIPMENT_STATUS_CREATED,
+                    "PICKED": pb.SHIPMENT_STATUS_PICKED,
+                    "PACKED": pb.SHIPMENT_STATUS_PACKED}
 
 
 def shipment_pb(s: domain.Shipment) -> pb.Shipment:
     return pb.Shipment(shipment_id=s.shipment_id, order_id=s.order_id, warehouse_id=s.warehouse_id,
                        status=_SHIPMENT_STATUS[s.status], lines=lines_pb(s.lines),
                        dispatched_at=to_proto(s.dispatched_at), ready_at=to_proto(s.ready_at),
-                       delivered_at=to_proto(s.delivered_at))
+                       delivered_at=to_proto(s.delivered_at), carrier=s.carrier,
+                       tracking_number=s.tracking_number)
 
 
 def shipment_delivered(s: domain.Shipment) -> ev.ShipmentDelivered:

@@ -33,7 +33,8 @@ from .domain import (
 
 T = TypeVar("T")
 
-_WAREHOUSE_COLS = "warehouse_id, code, name, kind, region, latitude, longitude, modes, store_id, express_radius_km"
+_WAREHOUSE_COLS = ("warehouse_id, code, name, kind, region, latitude, longitude, modes, store_id, express_radius_km, "
+                   "manual_fulfilment")
 # A reservation `r` with its lines as two parallel arrays in sku_id order.
 _RESERVATION_COLS = """
     r.reservation_id, r.order_id, r.warehouse_id, r.status, r.created_at, r.idempotency_key, r.request_hash,
@@ -171,7 +172,7 @@ _BOOK = text("""
     SELECT warehouse_id, sku_id, on_hand, reserved FROM level
 """)
 
-# RESERVED -> CONFIRMED with a shipment waiting at the store's counter; the units stay held.
+# RESERVED -> CONFIRMED with a shipment that waits to be handed over; the units stay held.
 _SET_ASIDE = text(f"""
     WITH {_LINES},
     changed AS (
@@ -181,7 +182,7 @@ _SET_ASIDE = text(f"""
     ),
     shipment AS (
         INSERT INTO shipments (shipment_id, order_id, warehouse_id, reservation_id, status, pickup_code, ready_at)
-        SELECT :sid, :order_id, :w, :rid, 'READY_FOR_PICKUP', :code, CAST(:at AS timestamptz) FROM changed
+        SELECT :sid, :order_id, :w, :rid, :status, :code, CAST(:at AS timestamptz) FROM changed
         RETURNING 1
     ),
     ready_lines AS (
@@ -191,8 +192,8 @@ _SET_ASIDE = text(f"""
     SELECT (SELECT count(*) FROM changed) AS reservations
 """)
 
-# READY_FOR_PICKUP -> DISPATCHED: the consumer took the goods; they leave the store's stock.
-_COLLECT = text("""
+# READY_FOR_PICKUP or PACKED -> DISPATCHED: the consumer took the goods, or a carrier did; they leave the stock.
+_HAND_OVER = text("""
     WITH lines AS (SELECT sku_id, quantity FROM shipment_lines WHERE shipment_id = :sid),
     locked AS MATERIALIZED (
         SELECT s.sku_id, l.quantity FROM stock s JOIN lines l ON l.sku_id = s.sku_id
@@ -208,9 +209,10 @@ _COLLECT = text("""
         INSERT INTO movements (warehouse_id, sku_id, on_hand_delta, reserved_delta, reason, reference_id)
         SELECT :w, sku_id, -quantity, -quantity, 'shipment', :sid FROM taken ORDER BY sku_id
     ),
-    collected AS (
-        UPDATE shipments SET status = 'DISPATCHED', dispatched_at = CAST(:at AS timestamptz)
-        WHERE shipment_id = :sid AND status = 'READY_FOR_PICKUP'
+    handed AS (
+        UPDATE shipments SET status = 'DISPATCHED', dispatched_at = CAST(:at AS timestamptz), carrier = :carrier,
+                             tracking_number = :tracking
+        WHERE shipment_id = :sid AND status = :from_status
     ),
     changed AS (
         UPDATE reservations SET status = 'SHIPPED', updated_at = now()
@@ -310,7 +312,7 @@ class WarehouseStore:
         row = (await conn.execute(
             text(f"INSERT INTO warehouses ({_WAREHOUSE_COLS}) VALUES "
                  "(:warehouse_id, :code, :name, :kind, :region, :latitude, :longitude, CAST(:modes AS text[]), "
-                 ":store_id, :express_radius_km) ON CONFLICT (code) DO NOTHING RETURNING 1"),
+                 ":store_id, :express_radius_km, :manual_fulfilment) ON CONFLICT (code) DO NOTHING RETURNING 1"),
             {**vars(w), "kind": str(w.kind), "modes": list(w.modes)},
         )).first()
         return row is not None
@@ -415,19 +417,22 @@ class WarehouseStore:
         """The order's reservation, locked against concurrent shipping or release, whether the order has a
         shipment already, and what kind of location holds it (and whose store, for store stock)."""
         sql = (f"SELECT {_RESERVATION_COLS}, EXISTS (SELECT 1 FROM shipments s WHERE s.order_id = r.order_id) "
-               "AS shipped, h.kind AS location_kind, h.store_id AS location_store_id "
+               "AS shipped, h.kind AS location_kind, h.store_id AS location_store_id, "
+               "h.manual_fulfilment AS location_manual "
                "FROM reservations r JOIN warehouses h ON h.warehouse_id = r.warehouse_id "
                "WHERE r.order_id = :o FOR UPDATE OF r")
         row = (await conn.execute(text(sql), {"o": order_id})).first()
-        return HeldFor(_reservation(row), row.shipped, row.location_kind, row.location_store_id) if row else None
+        return HeldFor(_reservation(row), row.shipped, row.location_kind, row.location_store_id,
+                       row.location_manual) if row else None
 
     async def set_aside(self, conn: Connection, reservation: Reservation, shipment: Shipment,
-                        pickup_code: str) -> None:
-        """RESERVED -> CONFIRMED (no longer expires) with a READY_FOR_PICKUP shipment; the units stay held."""
+                        pickup_code: str | None) -> None:
+        """RESERVED -> CONFIRMED (no longer expires) with a shipment that waits (READY_FOR_PICKUP at a store,
+        CREATED where staff fulfil by hand); the units stay held until it is handed over."""
         row = (await conn.execute(_SET_ASIDE, {**_split(shipment.lines), "rid": reservation.reservation_id,
                                                "sid": shipment.shipment_id, "order_id": shipment.order_id,
                                                "w": shipment.warehouse_id, "code": pickup_code,
-                                               "at": shipment.ready_at})).one()
+                                               "at": shipment.ready_at, "status": shipment.status})).one()
         if row.reservations != 1:
             raise RuntimeError(f"reservation {reservation.reservation_id} changed under its row lock")
 
@@ -448,6 +453,14 @@ class WarehouseStore:
         await conn.execute(text("SELECT 1 FROM shipments WHERE shipment_id = :s FOR UPDATE"), {"s": shipment_id})
         return await self.shipment(conn, shipment_id)
 
+    async def step(self, conn: Connection, before: Shipment, to: str) -> None:
+        """CREATED -> PICKED -> PACKED: nothing moves in stock, the units stay held."""
+        updated = await conn.execute(
+            text("UPDATE shipments SET status = :to WHERE shipment_id = :s AND status = :from"),
+            {"to": to, "s": before.shipment_id, "from": before.status})
+        if updated.rowcount != 1:
+            raise RuntimeError(f"shipment {before.shipment_id} changed under its row lock")
+
     async def deliver(self, conn: Connection, shipment: Shipment) -> None:
         updated = await conn.execute(
             text("UPDATE shipments SET status = 'DELIVERED', delivered_at = :at "
@@ -456,12 +469,14 @@ class WarehouseStore:
         if updated.rowcount != 1:
             raise RuntimeError(f"shipment {shipment.shipment_id} changed under its row lock")
 
-    async def collect(self, conn: Connection, shipment: Shipment, at: datetime) -> None:
-        """READY_FOR_PICKUP -> DISPATCHED: the held units leave the store's stock (shipment movements)."""
-        row = (await conn.execute(_COLLECT, {"sid": shipment.shipment_id, "w": shipment.warehouse_id,
-                                             "rid": shipment.reservation_id, "at": at})).one()
-        if row.lines != len(shipment.lines) or row.reservations != 1:
-            raise RuntimeError(f"collecting shipment {shipment.shipment_id} changed {row.lines} stock rows and "
+    async def hand_over(self, conn: Connection, before: Shipment, after: Shipment) -> None:
+        """A waiting shipment (READY_FOR_PICKUP or PACKED) -> DISPATCHED: the held units leave the stock."""
+        row = (await conn.execute(_HAND_OVER, {
+            "sid": before.shipment_id, "w": before.warehouse_id, "rid": before.reservation_id,
+            "at": after.dispatched_at, "from_status": before.status, "carrier": after.carrier,
+            "tracking": after.tracking_number})).one()
+        if row.lines != len(before.lines) or row.reservations != 1:
+            raise RuntimeError(f"handing over shipment {before.shipment_id} changed {row.lines} stock rows and "
                                f"{row.reservations} reservations")
 
     async def release(self, conn: Connection, reservation: Reservation, reason: str) -> None:
@@ -499,7 +514,7 @@ class WarehouseStore:
 
 _SHIPMENTS = """
     SELECT s.shipment_id, s.order_id, s.warehouse_id, s.reservation_id, s.status, s.dispatched_at, s.ready_at,
-           s.delivered_at,
+           s.delivered_at, s.carrier, s.tracking_number,
            ARRAY(SELECT l.sku_id FROM shipment_lines l WHERE l.shipment_id = s.shipment_id ORDER BY l.sku_id) AS skus,
            ARRAY(SELECT l.quantity FROM shipment_lines l WHERE l.shipment_id = s.shipment_id
                  ORDER BY l.sku_id) AS quantities
@@ -514,17 +529,18 @@ class HeldFor:
     shipped: bool
     location_kind: str
     location_store_id: str
+    location_manual: bool
 
 
 def _shipment(r) -> Shipment:  # type: ignore[no-untyped-def]
     return Shipment(r.shipment_id, r.order_id, r.warehouse_id, r.reservation_id,
                     tuple(Line(s, q) for s, q in zip(r.skus, r.quantities, strict=True)), r.dispatched_at, r.status,
-                    r.ready_at, r.delivered_at)
+                    r.ready_at, r.delivered_at, r.carrier, r.tracking_number)
 
 
 def _warehouse(row) -> Warehouse:  # type: ignore[no-untyped-def]
     return Warehouse(row.warehouse_id, row.code, row.name, row.kind, row.region, row.latitude, row.longitude,
-                     tuple(row.modes), row.store_id, row.express_radius_km)
+                     tuple(row.modes), row.store_id, row.express_radius_km, row.manual_fulfilment)
 
 
 def _ship_params(reservation: Reservation, shipment: Shipment) -> dict[str, object]:

@@ -235,3 +235,58 @@ def test_a_delivery_after_a_full_refund_is_recorded_without_undoing_it(clients, 
 def test_delivering_an_unknown_shipment_is_not_found(clients):
     err = refused(lambda s: deliver(clients, s), "shp_nope")
     assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+# -- hand fulfilment ----------------------------------------------------------------------------------------
+def test_a_location_fulfilling_by_hand_picks_packs_and_ships_each_paid_order(clients, world):
+    sku = world.new_sku(stock=0)
+    by_hand = clients.warehouse.CreateWarehouse(wh.CreateWarehouseRequest(
+        idempotency_key=key(), code=f"HW-{key()[:8]}", name="Wuxi hand-packed warehouse",
+        kind=wh.WAREHOUSE_KIND_CLOUD, region="East", latitude=31.49, longitude=120.31,
+        manual_fulfilment=True)).warehouse
+    assert by_hand.manual_fulfilment
+    clients.warehouse.ReceiveStock(wh.ReceiveStockRequest(
+        idempotency_key=key(), warehouse_id=by_hand.warehouse_id, sku_id=sku.sku_id, quantity=4))
+    order = clients.orders.PlaceOrder(place_request(world, [(sku, 3)])).order
+    pay(clients, order)
+    [created] = eventually(lambda: clients.warehouse.ListShipments(
+        wh.ListShipmentsRequest(order_id=order.order_id)).shipments, lambda s: len(s) == 1, "the shipment")
+    assert (created.status, created.warehouse_id) == (wh.SHIPMENT_STATUS_CREATED, by_hand.warehouse_id)
+    assert reservation(clients, order.reservation_id).status == wh.RESERVATION_STATUS_CONFIRMED
+    assert get(clients, order.order_id).status == pb.ORDER_STATUS_PAID
+    sid = created.shipment_id
+
+    def step(call, **extra):  # type: ignore[no-untyped-def]
+        return call({"idempotency_key": key(), "shipment_id": sid, **extra})
+
+    err = refused(lambda r: clients.warehouse.PackShipment(wh.PackShipmentRequest(**r)),
+                  {"idempotency_key": key(), "shipment_id": sid})
+    assert (err.code(), error_info(err).reason) == (grpc.StatusCode.FAILED_PRECONDITION, "SHIPMENT_CREATED")
+    k = key()
+    picked = clients.warehouse.PickShipment(wh.PickShipmentRequest(idempotency_key=k, shipment_id=sid)).shipment
+    assert picked.status == wh.SHIPMENT_STATUS_PICKED
+    assert clients.warehouse.PickShipment(wh.PickShipmentRequest(idempotency_key=k, shipment_id=sid)).shipment == \
+        picked
+    assert step(lambda r: clients.warehouse.PackShipment(wh.PackShipmentRequest(**r))).shipment.status == \
+        wh.SHIPMENT_STATUS_PACKED
+    lv = level(clients, sku.sku_id, by_hand.warehouse_id)
+    assert (lv.on_hand, lv.reserved) == (4, 3)  # still in the building, held
+    shipped = step(lambda r: clients.warehouse.ShipShipment(wh.ShipShipmentRequest(**r)),
+                   carrier="SF Express", tracking_number="SF1234567890").shipment
+    assert (shipped.status, shipped.carrier, shipped.tracking_number) == (
+        wh.SHIPMENT_STATUS_DISPATCHED, "SF Express", "SF1234567890")
+    lv = level(clients, sku.sku_id, by_hand.warehouse_id)
+    assert (lv.on_hand, lv.reserved) == (1, 0)
+    assert_ledger_matches(clients, by_hand.warehouse_id, sku.sku_id)
+    assert dispatched(clients, order.order_id).shipment_id == sid
+    err = refused(lambda r: clients.warehouse.ShipShipment(wh.ShipShipmentRequest(**r)),
+                  {"idempotency_key": key(), "shipment_id": sid, "carrier": "SF", "tracking_number": "x"})
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert deliver(clients, sid).status == wh.SHIPMENT_STATUS_DELIVERED
+
+
+def test_store_stock_is_not_fulfilled_by_hand(clients, world):
+    err = refused(clients.warehouse.CreateWarehouse, wh.CreateWarehouseRequest(
+        idempotency_key=key(), code=f"HS-{key()[:8]}", name="x", kind=wh.WAREHOUSE_KIND_STORE, region="East",
+        latitude=31, longitude=121, store_id=world.store.store_id, manual_fulfilment=True))
+    assert (err.code(), bad_request_fields(err)) == (grpc.StatusCode.INVALID_ARGUMENT, ["manual_fulfilment"])

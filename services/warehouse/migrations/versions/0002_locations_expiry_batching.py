@@ -189,8 +189,12 @@ def upgrade() -> None:
     op.execute("ALTER TABLE reservations ADD CONSTRAINT reservations_status_check "
                "CHECK (status IN ('RESERVED', 'RELEASED', 'SHIPPED', 'CONFIRMED'))")
     op.execute("ALTER TABLE shipments DROP CONSTRAINT shipments_status_check")
-    op.execute("ALTER TABLE shipments ADD CONSTRAINT shipments_status_check "
-               "CHECK (status IN ('DISPATCHED', 'READY_FOR_PICKUP', 'DELIVERED'))")
+    op.execute("ALTER TABLE shipments ADD CONSTRAINT shipments_status_check CHECK (status IN "
+               "('DISPATCHED', 'READY_FOR_PICKUP', 'DELIVERED', 'CREATED', 'PICKED', 'PACKED'))")
+    # Hand fulfilment: the carrier and tracking number the parcel left with.
+    op.execute("ALTER TABLE shipments ADD COLUMN carrier text NOT NULL DEFAULT ''")
+    op.execute("ALTER TABLE shipments ADD COLUMN tracking_number text NOT NULL DEFAULT ''")
+    op.execute("ALTER TABLE warehouses ADD COLUMN manual_fulfilment boolean NOT NULL DEFAULT false")
     op.execute("ALTER TABLE shipments ADD COLUMN delivered_at timestamptz")
     op.execute("ALTER TABLE shipments ALTER COLUMN dispatched_at DROP NOT NULL")
     op.execute("ALTER TABLE shipments ADD COLUMN pickup_code text")
@@ -204,6 +208,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     for constraint in ("pickup_has_code", "dispatched_has_time", "shipments_status_check"):
         op.execute(f"ALTER TABLE shipments DROP CONSTRAINT {constraint}")
+    op.execute("ALTER TABLE warehouses DROP COLUMN manual_fulfilment")
+    op.execute("ALTER TABLE shipments DROP COLUMN tracking_number")
+    op.execute("ALTER TABLE shipments DROP COLUMN carrier")
     op.execute("ALTER TABLE shipments DROP COLUMN delivered_at")
     op.execute("ALTER TABLE shipments DROP COLUMN ready_at")
     op.execute("ALTER TABLE shipments DROP COLUMN pickup_code")
