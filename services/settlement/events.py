@@ -65,16 +65,18 @@ class OrderPaidHandler:
 
 
 class RefundHandler:
-    """A refund the provider made -> claw-backs on the order's split, the refund journal and the split returns
-    to request, once per refund id.
-
-    Not subscribed yet: it is to consume `omo.orders.v1.OrderRefunded` on `orders.order.refunded` once orders
-    publishes it (order id, provider refund id, amount in fen). A refund that can never apply (more than is
-    left to refund) is dead-lettered; one that arrives while the provider is mid-way through the split waits
-    and is applied by the split-return job once the split completes."""
+    """orders.order.refunded -> claw-backs on the order's split, the refund journal and the split returns to
+    request, once per refund id (the provider's). A refund that can never apply (more than is left to refund)
+    is dead-lettered; one that arrives while the provider is mid-way through the split waits and is applied by
+    the split-return job once the split completes."""
 
     def __init__(self, store: LedgerStore):
         self.store = store
+
+    async def __call__(self, conn: Connection, event: events_pb2.OrderRefunded, delivery: Delivery) -> None:
+        r = event.refund
+        outcome = await self.apply(conn, Refund(r.order_id, r.provider_refund_id, r.amount_fen))
+        _log.info("refund booked", order_id=r.order_id, refund_id=r.provider_refund_id, outcome=outcome)
 
     async def apply(self, conn: Connection, refund: Refund) -> str:
         """`applied`, `replayed` (recorded before: no effect) or `waiting` (applied once the split completes).

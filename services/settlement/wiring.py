@@ -11,7 +11,7 @@ from services.runtime.server import Runtime, Wiring
 
 from .api import SettlementApi
 from .config import SettlementConfig
-from .events import CounterRedemptionHandler, OrderPaidHandler
+from .events import CounterRedemptionHandler, OrderPaidHandler, RefundHandler
 from .executor import DebtTransferJob, SharingExecutor, SplitReturnJob
 from .provider import SimulatedProvider
 from .store import LedgerStore
@@ -32,6 +32,8 @@ async def wire(rt: Runtime) -> Wiring:
         subscriptions=[
             Subscription("settlement-order-paid", "ORDERS", "orders.order.paid", orders_events.OrderPaid,
                          OrderPaidHandler(store, cfg)),
+            Subscription("settlement-order-refunded", "ORDERS", "orders.order.refunded", orders_events.OrderRefunded,
+                         RefundHandler(store)),
             Subscription("settlement-counter-redemption", "MARKETING", "marketing.coupon.redeemed_at_counter",
                          marketing_events.CouponRedeemedAtCounter, CounterRedemptionHandler(store)),
         ],
