@@ -10,7 +10,7 @@ from omo.warehouse.v1 import warehouse_pb2_grpc
 from sqlalchemy.exc import DBAPIError
 
 from services.runtime import outbox, reqctx
-from services.runtime.db import Connection, Database
+from services.runtime.db import Connection, Database, is_unique_violation, retry_conflicts
 from services.runtime.errors import AlreadyExists, NotFound, PermissionDenied, Unavailable
 from services.runtime.idempotency import request_hash, run_idempotent
 from services.runtime.ids import new_id
@@ -34,7 +34,7 @@ from .messages import (
     shipment_pb,
     warehouse_pb,
 )
-from .store import ReserveCall, ReserveResult, WarehouseStore, is_unique_violation, retry_conflicts
+from .store import ReserveCall, ReserveResult, WarehouseStore
 
 # A ReserveStock call looks again only when it lost the last units of its chosen warehouse to a concurrent
 # call, i.e. when somebody else made progress; this bounds a pathological streak of such losses.

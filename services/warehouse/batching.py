@@ -15,9 +15,9 @@ from collections import deque
 
 from sqlalchemy.exc import DBAPIError
 
-from services.runtime.db import Database
+from services.runtime.db import Database, is_unique_violation, retry_conflicts
 
-from .store import ReserveCall, ReserveResult, WarehouseStore, is_unique_violation, retry_conflicts
+from .store import ReserveCall, ReserveResult, WarehouseStore
 
 # Batches in the database at once: one commits while the next waits for the row lock with its calls; more
 # would only make each batch smaller.

@@ -7,17 +7,12 @@ deadlock each other."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
 
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
 
 from services.runtime.db import Connection
-from services.runtime.errors import Unavailable
 
 from .domain import (
     Availability,
@@ -30,8 +25,6 @@ from .domain import (
     StockLevel,
     Warehouse,
 )
-
-T = TypeVar("T")
 
 _WAREHOUSE_COLS = ("warehouse_id, code, name, kind, region, latitude, longitude, modes, store_id, express_radius_km, "
                    "manual_fulfilment")
@@ -221,36 +214,6 @@ _HAND_OVER = text("""
     )
     SELECT (SELECT count(*) FROM taken) AS lines, (SELECT count(*) FROM changed) AS reservations
 """)
-
-# SQLSTATEs worth one more try: another transaction won a lock cycle or a serialization race.
-_RETRYABLE = {"40P01", "40001"}
-_LOCK_TIMEOUT = "55P03"
-_UNIQUE_VIOLATION = "23505"
-
-
-def sqlstate(err: DBAPIError) -> str | None:
-    return getattr(err.orig, "sqlstate", None)
-
-
-def is_unique_violation(err: DBAPIError) -> bool:
-    return sqlstate(err) == _UNIQUE_VIOLATION
-
-
-async def retry_conflicts(attempt: Callable[[], Awaitable[T]], tries: int = 4) -> T:
-    """Run a whole transaction again if the database chose it as a deadlock victim; a lock that stays busy
-    past lock_timeout is UNAVAILABLE (safe to retry with the same idempotency key), never INTERNAL."""
-    for n in range(tries):
-        try:
-            return await attempt()
-        except DBAPIError as err:
-            code = sqlstate(err)
-            if code == _LOCK_TIMEOUT:
-                raise Unavailable("stock is busy, retry with the same idempotency key", reason="LOCK_TIMEOUT") from err
-            if code not in _RETRYABLE or n == tries - 1:
-                raise
-            await asyncio.sleep(0.005 * (n + 1))
-    raise AssertionError("unreachable")
-
 
 @dataclass(frozen=True)
 class ReserveResult:
