@@ -23,6 +23,8 @@ class Status(enum.StrEnum):
     PARTIALLY_REFUNDED = "PARTIALLY_REFUNDED"
     REFUNDED = "REFUNDED"
     DELIVERED = "DELIVERED"
+    # A split order: some of its shipments (one per location) have left, others not yet.
+    PARTIALLY_SHIPPED = "PARTIALLY_SHIPPED"
 
 
 class Fulfilment(enum.StrEnum):
@@ -52,6 +54,9 @@ def route(mode: Fulfilment | None, deliver_to: tuple[float, float] | None) -> Ro
 ALLOWED_TRANSITIONS: frozenset[tuple[Status, Status]] = frozenset({
     (Status.PENDING_PAYMENT, Status.PAID),
     (Status.PAID, Status.DISPATCHED),
+    # A split order follows its shipments: partially shipped until the last location's has left.
+    (Status.PAID, Status.PARTIALLY_SHIPPED),
+    (Status.PARTIALLY_SHIPPED, Status.DISPATCHED),
     # Only an unpaid order is cancelled: a paid one is already on its way out of the warehouse.
     (Status.PENDING_PAYMENT, Status.CANCELLED),
     # Refunds are after-sale: the goods have left the warehouse.
@@ -256,10 +261,22 @@ def pay(order: Order, provider_txn_id: str, amount_fen: int, at: datetime) -> Or
 
 # -- shipping ---------------------------------------------------------------------------------------------
 
-def dispatch(order: Order, shipment_id: str, at: datetime) -> Order | None:
-    """The warehouse shipped the order. None if this very shipment was recorded already (a redelivery)."""
-    if order.status == Status.DISPATCHED and order.shipment_id == shipment_id:
+# Everything an order can be once its first shipment left: a late event about an earlier shipment changes none.
+_SHIPPED_OR_LATER = frozenset({Status.PARTIALLY_SHIPPED, Status.DISPATCHED, Status.DELIVERED,
+                               Status.PARTIALLY_REFUNDED, Status.REFUNDED})
+
+
+def dispatch(order: Order, shipment_id: str, at: datetime, complete: bool = True) -> Order | None:
+    """A shipment of the order left; `complete`: it was the last of the order's shipments (every one, for a
+    split order). None if there is nothing to record: this very shipment was recorded already (a
+    redelivery), or a shipment that is not the last arrives after the order moved on."""
+    if order.status in (Status.PARTIALLY_SHIPPED, Status.DISPATCHED) and order.shipment_id == shipment_id:
         return None
+    if not complete:
+        if order.status in _SHIPPED_OR_LATER:
+            return None
+        check_transition(order.status, Status.PARTIALLY_SHIPPED)
+        return replace(order, status=Status.PARTIALLY_SHIPPED, shipment_id=shipment_id, dispatched_at=at)
     check_transition(order.status, Status.DISPATCHED)
     return replace(order, status=Status.DISPATCHED, shipment_id=shipment_id, dispatched_at=at)
 
@@ -368,10 +385,13 @@ def refund(order: Order, provider_refund_id: str, requested: Sequence[tuple[str,
     return result, updated
 
 
-def deliver(order: Order, at: datetime) -> Order | None:
-    """The carrier delivered. DISPATCHED -> DELIVERED; an order refunded meanwhile keeps its refund status and
-    records the time only. None if the delivery was recorded already (a redelivery)."""
+def deliver(order: Order, at: datetime, complete: bool = True) -> Order | None:
+    """The carrier delivered. DISPATCHED -> DELIVERED once every shipment of the order is delivered
+    (`complete`); an order refunded meanwhile keeps its refund status and records the time only. None if the
+    delivery was recorded already (a redelivery) or other shipments of the order are still on their way."""
     if order.delivered_at is not None:
+        return None
+    if not complete and order.status in _SHIPPED_OR_LATER:
         return None
     if order.status in (Status.PARTIALLY_REFUNDED, Status.REFUNDED):
         return replace(order, delivered_at=at)

@@ -16,9 +16,10 @@ from .store import OrderStore
 
 
 def on_shipment_dispatched(store: OrderStore) -> Handler:
-    """PAID -> DISPATCHED. A redelivered shipment finds the order already dispatched with it and changes nothing
-    (defence in depth behind the inbox); an order that is not PAID fails the message, which the consumer retries
-    and finally dead-letters."""
+    """PAID -> DISPATCHED, or PARTIALLY_SHIPPED while other locations' shipments of a split order have not
+    left yet (then -> DISPATCHED with the last). A redelivered shipment finds the order already dispatched
+    with it and changes nothing (defence in depth behind the inbox); an order that is not paid fails the
+    message, which the consumer retries and finally dead-letters."""
 
     async def handle(conn: Connection, event: wh_events.ShipmentDispatched, delivery: Delivery) -> None:
         order = await store.order(conn, event.order_id, lock=True)
@@ -29,7 +30,7 @@ def on_shipment_dispatched(store: OrderStore) -> Handler:
         else:
             # Deterministic on redelivery: the time the event was written, not the time it is handled.
             at = datetime.fromtimestamp(delivery.created_ms / 1000, UTC)
-        dispatched = domain.dispatch(order, event.shipment_id, at)
+        dispatched = domain.dispatch(order, event.shipment_id, at, event.order_fully_dispatched)
         if dispatched is not None:
             await store.record_dispatch(conn, dispatched)
 
@@ -52,7 +53,8 @@ def on_ready_for_pickup(store: OrderStore) -> Handler:
 
 
 def on_shipment_delivered(store: OrderStore) -> Handler:
-    """The carrier delivered: DISPATCHED -> DELIVERED (a refunded order records the time only). An order not
+    """The carrier delivered the order's last shipment: DISPATCHED -> DELIVERED (a refunded order records the
+    time only; an earlier shipment of a split order changes nothing). An order not
     dispatched yet fails the message, which is retried: the dispatch event may simply not have been handled
     yet."""
 
@@ -62,7 +64,7 @@ def on_shipment_delivered(store: OrderStore) -> Handler:
             raise NotFound("order", event.order_id)
         at = event.delivered_at.ToDatetime(tzinfo=UTC) if event.HasField("delivered_at") else \
             datetime.fromtimestamp(delivery.created_ms / 1000, UTC)
-        delivered = domain.deliver(order, at)
+        delivered = domain.deliver(order, at, event.order_fully_delivered)
         if delivered is not None:
             await store.record_delivery(conn, order, delivered)
 

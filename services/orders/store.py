@@ -168,9 +168,10 @@ class OrderStore:
 
     async def record_dispatch(self, conn: Connection, dispatched: Order) -> None:
         updated = await conn.execute(
-            text("UPDATE orders SET status = 'DISPATCHED', shipment_id = :s, dispatched_at = :at "
-                 "WHERE order_id = :id AND status = 'PAID'"),
-            {"s": dispatched.shipment_id, "at": dispatched.dispatched_at, "id": dispatched.order_id},
+            text("UPDATE orders SET status = :to, shipment_id = :s, dispatched_at = :at "
+                 "WHERE order_id = :id AND status IN ('PAID', 'PARTIALLY_SHIPPED')"),
+            {"to": str(dispatched.status), "s": dispatched.shipment_id, "at": dispatched.dispatched_at,
+             "id": dispatched.order_id},
         )
         if updated.rowcount != 1:
             raise RuntimeError(f"order {dispatched.order_id} changed under its row lock")

@@ -13,7 +13,7 @@ from services.runtime import outbox, reqctx
 from services.runtime.db import Connection, Database, is_unique_violation, retry_conflicts
 from services.runtime.errors import AlreadyExists, NotFound, PermissionDenied, Unavailable
 from services.runtime.idempotency import request_hash, run_idempotent
-from services.runtime.ids import new_id
+from services.runtime.ids import derived_id, new_id
 from services.runtime.timestamps import now
 
 from . import domain, routing
@@ -34,7 +34,7 @@ from .messages import (
     shipment_pb,
     warehouse_pb,
 )
-from .store import ReserveCall, ReserveResult, WarehouseStore
+from .store import ReserveCall, ReserveResult, SplitResult, WarehouseStore
 
 # A ReserveStock call looks again only when it lost the last units of its chosen warehouse to a concurrent
 # call, i.e. when somebody else made progress; this bounds a pathological streak of such losses.
@@ -133,15 +133,24 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
         routed = request.HasField("route")
         if routed:
             # A retry must replay the first answer even if the route would now be different.
-            async with self.engine.connect() as conn:
-                prior = await self.store.prior_reservations(conn, request.idempotency_key, request.order_id)
-            if prior:
-                reservation = domain.replay_or_conflict(prior, request.idempotency_key, digest, request.order_id,
-                                                        lines)
-                return pb.ReserveStockResponse(reservation=reservation_pb(reservation))
+            replayed = await self._replay(request, digest, lines)
+            if replayed is not None:
+                return replayed
         for _ in range(_RESERVE_LOOKS):
             if routed:
-                call = replace(call, warehouse_id=await self._route_to(request.route, lines))
+                best = await self._route(request.route, lines)
+                if len(best.legs) > 1:
+                    held = await self._reserve_split(call, best)
+                    if held is None:  # a leg's units went to a concurrent call: look again
+                        continue
+                    if not held:
+                        replayed = await self._replay(request, digest, lines)
+                        if replayed is not None:
+                            return replayed
+                        continue
+                    return pb.ReserveStockResponse(reservation=reservation_pb(held[0]),
+                                                   legs=[reservation_pb(r) for r in held])
+                call = replace(call, warehouse_id=best.legs[0].warehouse_id)
             try:
                 result = await self._reserve_once(call)
             except DBAPIError as err:
@@ -153,22 +162,54 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
             if result.conflict:
                 continue
             if result.prior:
-                async with self.engine.connect() as conn:
-                    prior = await self.store.prior_reservations(conn, request.idempotency_key, request.order_id)
-                reservation = domain.replay_or_conflict(prior, request.idempotency_key, digest, request.order_id,
-                                                        lines)
-                return pb.ReserveStockResponse(reservation=reservation_pb(reservation))
+                replayed = await self._replay(request, digest, lines)
+                if replayed is not None:
+                    return replayed
+                continue
             if result.warehouse_id is not None and result.created_at is not None:
                 reservation = domain.Reservation(reservation_id, request.order_id, result.warehouse_id,
                                                  domain.ReservationStatus.RESERVED, lines, result.created_at,
                                                  expires_at=result.expires_at)
-                return pb.ReserveStockResponse(reservation=reservation_pb(reservation))
+                return pb.ReserveStockResponse(reservation=reservation_pb(reservation),
+                                               legs=[reservation_pb(reservation)])
             if not routed and domain.choose_warehouse(result.available, lines) is None:
                 raise domain.shortage(result.available, lines)
             # The snapshot showed a warehouse covering the order but its units went to a concurrent call
             # before we could lock them: look again at the new levels.
         raise Unavailable("stock of this order is heavily contended, retry with the same idempotency key",
                           reason="CONTENDED")
+
+    async def _replay(self, request: pb.ReserveStockRequest, digest: bytes,
+                      lines: tuple[domain.Line, ...]) -> pb.ReserveStockResponse | None:
+        """The answer for a key or an order that already holds stock (None if neither does)."""
+        async with self.engine.connect() as conn:
+            prior = await self.store.prior_reservations(conn, request.idempotency_key, request.order_id)
+        if not prior:
+            return None
+        held = domain.replay_legs(prior, request.idempotency_key, digest, request.order_id, lines)
+        return pb.ReserveStockResponse(reservation=reservation_pb(held[0]), legs=[reservation_pb(r) for r in held])
+
+    async def _reserve_split(self, call: ReserveCall,
+                             best: routing.Plan) -> tuple[domain.Reservation, ...] | None:
+        """Every leg of the plan held in one transaction, all or nothing. () if the key or the order holds
+        stock already; None if a leg's units went to a concurrent call."""
+        rids = [call.reservation_id, *(derived_id("rsv", call.reservation_id, str(i))
+                                       for i in range(1, len(best.legs)))]
+        legs = [(leg.warehouse_id, leg.lines) for leg in best.legs]
+
+        async def attempt() -> SplitResult:
+            async with self.engine.begin() as conn:
+                return await self.store.reserve_split(conn, call, rids, legs)
+
+        try:
+            result = await retry_conflicts(attempt)
+        except DBAPIError as err:
+            if is_unique_violation(err):  # a concurrent call for this key or order committed first
+                return ()
+            raise
+        if result.prior:
+            return ()
+        return result.legs or None
 
     async def _plan(self, route: pb.Route,
                     lines: tuple[domain.Line, ...]) -> tuple[routing.Plan, domain.Availability]:
@@ -181,12 +222,10 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
             raise routing.no_route(lines, mode, *where, locations, available)
         return best, available
 
-    async def _route_to(self, route: pb.Route, lines: tuple[domain.Line, ...]) -> str:
-        """The one location the route ranks first; a plan over several cannot be held as one reservation."""
-        best, available = await self._plan(route, lines)
-        if len(best.legs) > 1:
-            raise routing.needs_split(best, lines, available)
-        return best.legs[0].warehouse_id
+    async def _route(self, route: pb.Route, lines: tuple[domain.Line, ...]) -> routing.Plan:
+        """What QuoteRoute shows for the same request, ranked the same way on the current levels."""
+        best, _ = await self._plan(route, lines)
+        return best
 
     async def QuoteRoute(self, request: pb.QuoteRouteRequest, context) -> pb.QuoteRouteResponse:
         lines = domain.merge_lines((line.sku_id, line.quantity) for line in request.lines)
@@ -232,6 +271,7 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
 
     async def CollectPickup(self, request: pb.CollectPickupRequest, context) -> pb.CollectPickupResponse:
         async def effect(conn: Connection) -> pb.CollectPickupResponse:
+            await self._lock_order_of(conn, request.shipment_id)
             found = await self.store.pickup(conn, request.shipment_id)
             if found is None:
                 raise NotFound("shipment", request.shipment_id)
@@ -239,15 +279,24 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
             domain.check_collect(shipment, request.pickup_code, code)
             collected = replace(shipment, status="DISPATCHED", dispatched_at=now())
             await self.store.hand_over(conn, shipment, collected)
-            await outbox.add(conn, SHIPMENT_DISPATCHED, shipment_dispatched(collected))
+            done = await self.store.progress(conn, shipment.order_id)
+            await outbox.add(conn, SHIPMENT_DISPATCHED, shipment_dispatched(collected, done.all_dispatched))
             return pb.CollectPickupResponse(shipment=shipment_pb(collected))
 
         return await retry_conflicts(lambda: run_idempotent(
             self.engine, "CollectPickup", request.idempotency_key, request, pb.CollectPickupResponse, effect))
 
+    async def _lock_order_of(self, conn: Connection, shipment_id: str) -> None:
+        """Every leg of the shipment's order locked first (as on every path), so that whichever of its
+        shipments leaves or arrives last sees the others and says the order is complete."""
+        shipment = await self.store.shipment(conn, shipment_id)
+        if shipment is not None:
+            await self.store.lock_order(conn, shipment.order_id)
+
     async def _step(self, scope: str, request, to: str, response_type, **handed):  # type: ignore[no-untyped-def]
         """One hand-fulfilment step of a shipment, idempotent by the request's key."""
         async def effect(conn: Connection):  # type: ignore[no-untyped-def]
+            await self._lock_order_of(conn, request.shipment_id)
             shipment = await self.store.shipment_locked(conn, request.shipment_id)
             if shipment is None:
                 raise NotFound("shipment", request.shipment_id)
@@ -255,7 +304,8 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
             if to == "DISPATCHED":
                 after = replace(shipment, status=to, dispatched_at=now(), **handed)
                 await self.store.hand_over(conn, shipment, after)
-                await outbox.add(conn, SHIPMENT_DISPATCHED, shipment_dispatched(after))
+                done = await self.store.progress(conn, shipment.order_id)
+                await outbox.add(conn, SHIPMENT_DISPATCHED, shipment_dispatched(after, done.all_dispatched))
             else:
                 after = replace(shipment, status=to)
                 await self.store.step(conn, shipment, to)
@@ -276,13 +326,15 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
 
     async def RecordDelivery(self, request: pb.RecordDeliveryRequest, context) -> pb.RecordDeliveryResponse:
         async def effect(conn: Connection) -> pb.RecordDeliveryResponse:
+            await self._lock_order_of(conn, request.shipment_id)
             shipment = await self.store.shipment_locked(conn, request.shipment_id)
             if shipment is None:
                 raise NotFound("shipment", request.shipment_id)
             domain.check_delivery(shipment)
             delivered = replace(shipment, status="DELIVERED", delivered_at=now())
             await self.store.deliver(conn, delivered)
-            await outbox.add(conn, SHIPMENT_DELIVERED, shipment_delivered(delivered))
+            done = await self.store.progress(conn, shipment.order_id)
+            await outbox.add(conn, SHIPMENT_DELIVERED, shipment_delivered(delivered, done.all_delivered))
             return pb.RecordDeliveryResponse(shipment=shipment_pb(delivered))
 
         return await run_idempotent(self.engine, "RecordDelivery", request.idempotency_key, request,

@@ -148,6 +148,8 @@ class Reservation:
     idempotency_key: str = ""
     request_hash: bytes = b""
     expires_at: datetime | None = None
+    # Its place in a split route (0: the only or the first location); leg 0 stands for the order.
+    leg: int = 0
 
 
 @dataclass(frozen=True)
@@ -234,29 +236,37 @@ def check_transition(reservation: Reservation, to: ReservationStatus) -> None:
 
 def replay_or_conflict(prior: Iterable[Reservation], key: str, request_hash: bytes, order_id: str,
                        lines: tuple[Line, ...]) -> Reservation:
-    """What a ReserveStock call gets when its key or its order already has a reservation.
+    """replay_legs for an order held at one location: its one reservation."""
+    return replay_legs(prior, key, request_hash, order_id, lines)[0]
+
+
+def replay_legs(prior: Iterable[Reservation], key: str, request_hash: bytes, order_id: str,
+                lines: tuple[Line, ...]) -> tuple[Reservation, ...]:
+    """What a ReserveStock call gets when its key or its order already has a reservation: every leg of it
+    (one per location of a split route), leg 0 first.
 
     The same key replays the first response (a reservation is RESERVED when created); the same key with a
     different request is a client bug. Another key for an order that is already held returns that hold if
-    it is for the same lines and still in force, so a caller that lost its key cannot double-reserve; any
-    other combination is refused."""
-    prior = list(prior)
-    for reservation in prior:
-        if reservation.idempotency_key == key:
-            if reservation.request_hash != request_hash:
-                raise InvalidArgument.field("idempotency_key", "was already used for a different request")
-            return replace(reservation, status=ReservationStatus.RESERVED)
-    for reservation in prior:
-        if reservation.order_id == order_id:
-            if reservation.lines == lines and reservation.status != ReservationStatus.RELEASED:
-                return reservation
-            raise FailedPrecondition(
-                f"order {order_id!r} already holds reservation {reservation.reservation_id!r} "
-                f"({reservation.status}) for other lines or no longer in force",
-                reason="ORDER_ALREADY_RESERVED",
-                metadata={"order_id": order_id, "reservation_id": reservation.reservation_id},
-            )
-    raise LookupError("replay_or_conflict needs a reservation with the key or the order")
+    it is for the same lines (summed over its legs) and still in force, so a caller that lost its key cannot
+    double-reserve; any other combination is refused."""
+    prior = sorted(prior, key=lambda r: (r.leg, r.reservation_id))
+    same_key = [r for r in prior if r.idempotency_key == key]
+    if same_key:
+        if same_key[0].request_hash != request_hash:
+            raise InvalidArgument.field("idempotency_key", "was already used for a different request")
+        return tuple(replace(r, status=ReservationStatus.RESERVED) for r in same_key)
+    held = [r for r in prior if r.order_id == order_id]
+    if held:
+        held_lines = merge_lines((line.sku_id, line.quantity) for r in held for line in r.lines)
+        if held_lines == lines and all(r.status != ReservationStatus.RELEASED for r in held):
+            return tuple(held)
+        raise FailedPrecondition(
+            f"order {order_id!r} already holds reservation {held[0].reservation_id!r} "
+            f"({held[0].status}) for other lines or no longer in force",
+            reason="ORDER_ALREADY_RESERVED",
+            metadata={"order_id": order_id, "reservation_id": held[0].reservation_id},
+        )
+    raise LookupError("replay_legs needs a reservation with the key or the order")
 
 
 class ShipAction(enum.Enum):
@@ -313,10 +323,32 @@ def check_collect(shipment: Shipment, pickup_code: str, expected_code: str) -> N
         raise InvalidArgument.field("pickup_code", "does not match the shipment's pickup code")
 
 
-def retake_order(reservation: Reservation, cloud_warehouses: Iterable[str]) -> list[str]:
-    """Where a released order's units are sought again: its own warehouse first, then the others by id."""
+def retake_order(reservation: Reservation, cloud_warehouses: Iterable[str], split: bool = False) -> list[str]:
+    """Where a released order's units are sought again: its own warehouse first, then the others by id. A
+    leg of a split order only at its own location: the other legs' shipments are there already (one
+    shipment per location)."""
+    if split:
+        return [reservation.warehouse_id]
     others = sorted(w for w in cloud_warehouses if w != reservation.warehouse_id)
     return [reservation.warehouse_id, *others]
+
+
+_OUT = frozenset({"DISPATCHED", "DELIVERED"})
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far an order's shipments are, one per leg: what orders needs to follow them (PARTIALLY_SHIPPED
+    until every leg is out, DELIVERED once every leg is delivered)."""
+
+    all_dispatched: bool
+    all_delivered: bool
+
+
+def progress(legs: int, shipments: Iterable[Shipment]) -> Progress:
+    statuses = [s.status for s in shipments]
+    return Progress(sum(st in _OUT for st in statuses) >= legs,
+                    sum(st == "DELIVERED" for st in statuses) >= legs)
 
 
 def page_after(token: str) -> int:

@@ -25,7 +25,7 @@ from .messages import (
     reservation_released,
     shipment_dispatched,
 )
-from .store import WarehouseStore
+from .store import HeldFor, WarehouseStore
 
 _log = log.get(__name__)
 # Six digits, read out or scanned at the counter.
@@ -33,36 +33,53 @@ PICKUP_CODE_DIGITS = 6
 
 
 class OrderPaidHandler:
-    """A paid order ships: its reservation becomes one shipment and the units leave the warehouse.
+    """A paid order ships: each reservation (one per location of its route) becomes one shipment and the
+    units leave that location, or wait for the consumer or the staff there.
 
-    Runs in the inbox transaction. Idempotent by business key too: the order's reservation row is locked
-    first, and an order that already has a shipment is left alone, so the same payment seen again under
-    another event id ships nothing twice."""
+    Runs in the inbox transaction. Idempotent by business key too: the order's reservation rows are locked
+    first, and a location that already has a shipment of the order is left alone, so the same payment seen
+    again under another event id ships nothing twice."""
 
     def __init__(self, store: WarehouseStore):
         self.store = store
 
     async def __call__(self, conn: Connection, event: orders_events.OrderPaid, delivery: Delivery) -> None:
         order = event.order
-        found = await self.store.reservation_for_order(conn, order.order_id)
-        if found is None:
+        held = await self.store.reservations_for_order(conn, order.order_id)
+        if not held:
             raise FailedPrecondition(f"paid order {order.order_id!r} has no reservation",
                                      reason="RESERVATION_NOT_FOUND", metadata={"order_id": order.order_id})
-        reservation, shipped = found.reservation, found.shipped
-        if order.reservation_id and order.reservation_id != reservation.reservation_id:
+        first = held[0].reservation
+        if order.reservation_id and order.reservation_id != first.reservation_id:
             raise FailedPrecondition(
                 f"paid order {order.order_id!r} names reservation {order.reservation_id!r}, "
-                f"the warehouse holds {reservation.reservation_id!r} for it",
+                f"the warehouse holds {first.reservation_id!r} for it",
                 reason="RESERVATION_MISMATCH",
-                metadata={"order_id": order.order_id, "reservation_id": reservation.reservation_id},
+                metadata={"order_id": order.order_id, "reservation_id": first.reservation_id},
             )
-        action = domain.ship_action(reservation, shipped, found.location_kind, found.location_manual)
+        split = len(held) > 1
+        if split:
+            await self.store.lock_stock(conn, [(h.reservation.warehouse_id, h.reservation.lines) for h in held])
+        dispatched = []
+        for found in held:
+            shipment = await self._leg(conn, found, split)
+            if shipment is not None:
+                dispatched.append(shipment)
+        if dispatched:
+            done = await self.store.progress(conn, order.order_id)
+            for shipment in dispatched:
+                await outbox.add(conn, SHIPMENT_DISPATCHED, shipment_dispatched(shipment, done.all_dispatched))
+
+    async def _leg(self, conn: Connection, found: HeldFor, split: bool) -> domain.Shipment | None:
+        """One location's part of the order; the shipment if it left at once."""
+        reservation = found.reservation
+        action = domain.ship_action(reservation, found.shipped, found.location_kind, found.location_manual)
         if action is domain.ShipAction.ALREADY_SHIPPED:
-            return
+            return None
         if action is domain.ShipAction.TO_PICK:
             to_pick = replace(self._shipment(reservation, reservation.warehouse_id, None), status="CREATED")
             await self.store.set_aside(conn, reservation, to_pick, None)
-            return
+            return None
         if action is domain.ShipAction.SET_ASIDE:
             ready = replace(self._shipment(reservation, reservation.warehouse_id, None), status="READY_FOR_PICKUP",
                             ready_at=now())
@@ -71,20 +88,19 @@ class OrderPaidHandler:
             code = f"{secrets.randbelow(10**PICKUP_CODE_DIGITS):0{PICKUP_CODE_DIGITS}d}"
             await self.store.set_aside(conn, reservation, ready, code)
             await outbox.add(conn, SHIPMENT_READY_FOR_PICKUP, ready_for_pickup(ready, found.location_store_id, code))
-            return
+            return None
         dispatched_at = now()
         if action is domain.ShipAction.SHIP_HELD:
             shipment = self._shipment(reservation, reservation.warehouse_id, dispatched_at)
             await self.store.ship_held(conn, reservation, shipment)
-        else:
-            shipment = await self._retake(conn, reservation, dispatched_at)
-        await outbox.add(conn, SHIPMENT_DISPATCHED, shipment_dispatched(shipment))
+            return shipment
+        return await self._retake(conn, reservation, dispatched_at, split)
 
     async def _retake(self, conn: Connection, reservation: domain.Reservation,
-                      dispatched_at: datetime) -> domain.Shipment:
+                      dispatched_at: datetime, split: bool) -> domain.Shipment:
         """Paid after its hold was released: take the units again, own warehouse first. If nobody has them
         the event fails, is retried and finally dead-lettered for a refund."""
-        warehouses = domain.retake_order(reservation, await self.store.cloud_warehouse_ids(conn))
+        warehouses = domain.retake_order(reservation, await self.store.cloud_warehouse_ids(conn), split)
         for warehouse_id in warehouses:
             shipment = self._shipment(reservation, warehouse_id, dispatched_at)
             if await self.store.retake_and_ship(conn, reservation, shipment):
@@ -105,24 +121,24 @@ class OrderPaidHandler:
 
 
 class OrderCancelledHandler:
-    """A cancelled (never paid) order gives its hold back. An order whose hold already went (expired or
-    released) or that never got one has nothing to give back; a shipped one cannot have been cancelled, since
-    orders refuses to cancel a paid order, so that is a broken invariant worth a dead letter."""
+    """A cancelled (never paid) order gives its holds back, every leg of a split route. An order whose hold
+    already went (expired or released) or that never got one has nothing to give back; a shipped one cannot
+    have been cancelled, since orders refuses to cancel a paid order, so that is a broken invariant worth a
+    dead letter."""
 
     def __init__(self, store: WarehouseStore):
         self.store = store
 
     async def __call__(self, conn: Connection, event: orders_events.OrderCancelled, delivery: Delivery) -> None:
-        found = await self.store.reservation_for_order(conn, event.order_id)
-        if found is None:
-            return
-        reservation = found.reservation
-        if reservation.status == domain.ReservationStatus.RELEASED:
-            return
-        domain.check_transition(reservation, domain.ReservationStatus.RELEASED)
+        held = [h.reservation for h in await self.store.reservations_for_order(conn, event.order_id)
+                if h.reservation.status != domain.ReservationStatus.RELEASED]
+        if len(held) > 1:
+            await self.store.lock_stock(conn, [(r.warehouse_id, r.lines) for r in held])
         reason = f"order cancelled: {event.reason}"[:200]
-        await outbox.add(conn, RESERVATION_RELEASED, reservation_released(reservation, reason, now()))
-        await self.store.release(conn, reservation, reason)
+        for reservation in held:
+            domain.check_transition(reservation, domain.ReservationStatus.RELEASED)
+            await outbox.add(conn, RESERVATION_RELEASED, reservation_released(reservation, reason, now()))
+            await self.store.release(conn, reservation, reason)
 
 
 class OrderRefundedHandler:

@@ -77,9 +77,9 @@ def shipment_pb(s: domain.Shipment) -> pb.Shipment:
                        tracking_number=s.tracking_number)
 
 
-def shipment_delivered(s: domain.Shipment) -> ev.ShipmentDelivered:
+def shipment_delivered(s: domain.Shipment, order_fully_delivered: bool) -> ev.ShipmentDelivered:
     return ev.ShipmentDelivered(shipment_id=s.shipment_id, order_id=s.order_id, warehouse_id=s.warehouse_id,
-                                delivered_at=to_proto(s.delivered_at))
+                                delivered_at=to_proto(s.delivered_at), order_fully_delivered=order_fully_delivered)
 
 
 def ready_for_pickup(s: domain.Shipment, store_id: str, pickup_code: str) -> ev.ShipmentReadyForPickup:
@@ -94,9 +94,10 @@ def movement_pb(m: domain.Movement) -> pb.Movement:
                        reference_id=m.reference_id, created_at=to_proto(m.created_at))
 
 
-def shipment_dispatched(s: domain.Shipment) -> ev.ShipmentDispatched:
+def shipment_dispatched(s: domain.Shipment, order_fully_dispatched: bool) -> ev.ShipmentDispatched:
     return ev.ShipmentDispatched(shipment_id=s.shipment_id, order_id=s.order_id, warehouse_id=s.warehouse_id,
-                                 lines=lines_pb(s.lines), dispatched_at=to_proto(s.dispatched_at))
+                                 lines=lines_pb(s.lines), dispatched_at=to_proto(s.dispatched_at),
+                                 order_fully_dispatched=order_fully_dispatched)
 
 
 def reservation_released(r: domain.Reservation, reason: str, at: datetime) -> ev.ReservationReleased:

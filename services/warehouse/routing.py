@@ -2,7 +2,8 @@
 
 Ranking, in order: only locations offering the mode (3-hour express only within the location's radius); a
 plan from one location before any split; among splits, the fewest locations, a line split across them when
-no single one covers it; then the shorter distance (the farthest leg, since the order is complete only when
+no single one covers it (never for store pickup: the consumer collects at one counter); then the shorter
+distance (the farthest leg, since the order is complete only when
 that parcel arrives); then more available units; then warehouse ids. Same inputs, same plan, on every
 replica."""
 
@@ -13,13 +14,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
-from services.runtime.errors import FailedPrecondition, ResourceExhausted
+from services.runtime.errors import ResourceExhausted
 
 from .domain import Availability, Line, Mode, Warehouse, covers
 
 EARTH_RADIUS_KM = 6371.0088
-# Splits are sought among this many nearest candidates, up to this many locations: enough for any real
-# basket, and it bounds the combinations looked at (C(12, 4) = 495).
+# Splits are sought among this many nearest candidates holding any of the goods, up to this many locations:
+# enough for any real basket, and it bounds the combinations looked at (C(12, 4) = 495).
 _NEAREST = 12
 _MAX_LOCATIONS = 4
 
@@ -73,7 +74,10 @@ def plan(lines: tuple[Line, ...], mode: Mode, lat: float, lon: float, locations:
     if singles:
         w, d = min(singles, key=lambda c: (c[1], -_units(stock[c[0].warehouse_id], lines), c[0].warehouse_id))
         return Plan((Leg(w.warehouse_id, w.kind, lines, d),))
-    nearest = ranked[:_NEAREST]
+    if mode == Mode.STORE_PICKUP:
+        return None
+    # Only places holding some of the goods can be part of a split.
+    nearest = [c for c in ranked if _units(stock[c[0].warehouse_id], lines) > 0][:_NEAREST]
     for size in range(2, min(_MAX_LOCATIONS, len(nearest)) + 1):
         best = None
         for combo in combinations(nearest, size):
@@ -109,10 +113,12 @@ def _allocate(combo: Sequence[tuple[Warehouse, float]], lines: tuple[Line, ...],
 
 def no_route(lines: tuple[Line, ...], mode: Mode, lat: float, lon: float, locations: Sequence[Warehouse],
              available: Availability) -> ResourceExhausted:
-    """Why no plan exists: the first line the mode's candidates here do not hold enough of together."""
+    """Why no plan exists: the first line the mode's candidates here do not hold enough of together (for
+    pickup, that no one counter holds enough of)."""
     ranked = candidates(mode, lat, lon, locations)
     for line in lines:
-        total = sum(available.get(w.warehouse_id, {}).get(line.sku_id, 0) for w, _ in ranked)
+        units = [available.get(w.warehouse_id, {}).get(line.sku_id, 0) for w, _ in ranked]
+        total = max(units, default=0) if mode == Mode.STORE_PICKUP else sum(units)
         if total < line.quantity:
             break
     else:
@@ -121,14 +127,3 @@ def no_route(lines: tuple[Line, ...], mode: Mode, lat: float, lon: float, locati
         f"not enough stock of sku {line.sku_id!r} for {mode} here: {line.quantity} wanted",
         reason="INSUFFICIENT_STOCK", metadata={"sku_id": line.sku_id, "requested": str(line.quantity),
                                                "mode": str(mode)})
-
-
-def needs_split(best: Plan, lines: tuple[Line, ...], available: Availability) -> FailedPrecondition:
-    """A reservation is held at one location: a plan over several cannot be reserved as one. Names the first
-    line the plan's nearest location does not hold all of."""
-    nearest = available.get(best.legs[0].warehouse_id, {})
-    sku_id = next(line.sku_id for line in lines if nearest.get(line.sku_id, 0) < line.quantity)
-    return FailedPrecondition(
-        f"no single location holds all of sku {sku_id!r}; the best route splits the order over "
-        f"{len(best.legs)} locations",
-        reason="ROUTE_NEEDS_SPLIT", metadata={"sku_id": sku_id, "locations": str(len(best.legs))})

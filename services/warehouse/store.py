@@ -19,11 +19,13 @@ from .domain import (
     Line,
     Movement,
     MovementReason,
+    Progress,
     Reservation,
     ReservationStatus,
     Shipment,
     StockLevel,
     Warehouse,
+    progress,
 )
 
 _WAREHOUSE_COLS = ("warehouse_id, code, name, kind, region, latitude, longitude, modes, store_id, express_radius_km, "
@@ -31,7 +33,7 @@ _WAREHOUSE_COLS = ("warehouse_id, code, name, kind, region, latitude, longitude,
 # A reservation `r` with its lines as two parallel arrays in sku_id order.
 _RESERVATION_COLS = """
     r.reservation_id, r.order_id, r.warehouse_id, r.status, r.created_at, r.idempotency_key, r.request_hash,
-    r.expires_at,
+    r.expires_at, r.leg,
     ARRAY(SELECT l.sku_id FROM reservation_lines l WHERE l.reservation_id = r.reservation_id
           ORDER BY l.sku_id) AS skus,
     ARRAY(SELECT l.quantity FROM reservation_lines l WHERE l.reservation_id = r.reservation_id
@@ -230,6 +232,14 @@ class ReserveResult:
 
 
 @dataclass(frozen=True)
+class SplitResult:
+    """What holding a split route did: found a prior reservation, held every leg, or neither (lost units)."""
+
+    prior: bool
+    legs: tuple[Reservation, ...] = ()
+
+
+@dataclass(frozen=True)
 class ReserveCall:
     """One ReserveStock call as the database function takes it."""
 
@@ -265,6 +275,7 @@ def _reservation(row) -> Reservation:  # type: ignore[no-untyped-def]
         idempotency_key=row.idempotency_key,
         request_hash=bytes(row.request_hash),
         expires_at=row.expires_at,
+        leg=row.leg,
     )
 
 
@@ -376,17 +387,86 @@ class WarehouseStore:
         row = (await conn.execute(text(sql), {"id": reservation_id})).first()
         return _reservation(row) if row else None
 
-    async def reservation_for_order(self, conn: Connection, order_id: str) -> HeldFor | None:
-        """The order's reservation, locked against concurrent shipping or release, whether the order has a
-        shipment already, and what kind of location holds it (and whose store, for store stock)."""
-        sql = (f"SELECT {_RESERVATION_COLS}, EXISTS (SELECT 1 FROM shipments s WHERE s.order_id = r.order_id) "
-               "AS shipped, h.kind AS location_kind, h.store_id AS location_store_id, "
-               "h.manual_fulfilment AS location_manual "
+    async def reservations_for_order(self, conn: Connection, order_id: str) -> list[HeldFor]:
+        """The order's reservations (one per leg of its route, leg 0 first), locked against concurrent
+        shipping or release, whether each leg's location has a shipment of the order already, and what kind
+        of location holds it (and whose store, for store stock)."""
+        sql = (f"SELECT {_RESERVATION_COLS}, EXISTS (SELECT 1 FROM shipments s WHERE s.order_id = r.order_id "
+               "AND s.warehouse_id = r.warehouse_id) AS shipped, h.kind AS location_kind, "
+               "h.store_id AS location_store_id, h.manual_fulfilment AS location_manual "
                "FROM reservations r JOIN warehouses h ON h.warehouse_id = r.warehouse_id "
-               "WHERE r.order_id = :o FOR UPDATE OF r")
-        row = (await conn.execute(text(sql), {"o": order_id})).first()
-        return HeldFor(_reservation(row), row.shipped, row.location_kind, row.location_store_id,
-                       row.location_manual) if row else None
+               "WHERE r.order_id = :o ORDER BY r.leg FOR UPDATE OF r")
+        rows = (await conn.execute(text(sql), {"o": order_id})).all()
+        return [HeldFor(_reservation(row), row.shipped, row.location_kind, row.location_store_id,
+                        row.location_manual) for row in rows]
+
+    async def lock_order(self, conn: Connection, order_id: str) -> None:
+        """Lock every leg of the order (leg order), the first lock on every path that changes one of its
+        shipments, so that the last shipment to leave or be delivered sees all the others."""
+        await conn.execute(text("SELECT 1 FROM reservations WHERE order_id = :o ORDER BY leg FOR UPDATE"),
+                           {"o": order_id})
+
+    async def lock_stock(self, conn: Connection, legs: list[tuple[str, tuple[Line, ...]]]) -> None:
+        """Lock the stock rows of several locations in (sku_id, warehouse_id) order, the order every
+        single-location statement's rows are a subsequence of: legs handled one after the other then cannot
+        deadlock with a split reservation or a batch."""
+        pairs = [(w, line.sku_id) for w, lines in legs for line in lines]
+        await conn.execute(text(
+            "SELECT 1 FROM stock s JOIN unnest(CAST(:ws AS text[]), CAST(:ss AS text[])) AS p(w, sku) "
+            "ON s.warehouse_id = p.w AND s.sku_id = p.sku ORDER BY s.sku_id, s.warehouse_id FOR UPDATE OF s"),
+            {"ws": [w for w, _ in pairs], "ss": [sku for _, sku in pairs]})
+
+    async def progress(self, conn: Connection, order_id: str) -> Progress:
+        """How far the order's shipments are, as of this transaction (the caller holds lock_order)."""
+        legs = (await conn.execute(text("SELECT count(*) AS n FROM reservations WHERE order_id = :o"),
+                                   {"o": order_id})).one().n
+        return progress(legs, await self.shipments(conn, order_id))
+
+    async def reserve_split(self, conn: Connection, call: ReserveCall, rids: list[str],
+                            legs: list[tuple[str, tuple[Line, ...]]]) -> SplitResult:
+        """A split route held all or nothing, in the caller's transaction: one reservation per location
+        (leg i gets rids[i]), the stock rows of every leg locked in (sku_id, warehouse_id) order and
+        re-checked on their newest versions. Nothing is written if a prior reservation has the key or the
+        order (prior) or a leg's units went to a concurrent call (neither prior nor legs: look again)."""
+        prior = (await conn.execute(text("SELECT 1 FROM reservations WHERE idempotency_key = :k OR order_id = :o "
+                                         "LIMIT 1"), {"k": call.key, "o": call.order_id})).first()
+        if prior is not None:
+            return SplitResult(prior=True)
+        flat = [(i, w, line) for i, (w, lines) in enumerate(legs) for line in lines]
+        params = {"ws": [w for _, w, _ in flat], "ss": [line.sku_id for _, _, line in flat],
+                  "qs": [line.quantity for _, _, line in flat], "rs": [rids[i] for i, _, _ in flat]}
+        rows = (await conn.execute(text(
+            "SELECT s.warehouse_id, s.sku_id, s.on_hand - s.reserved AS available FROM stock s "
+            "JOIN unnest(CAST(:ws AS text[]), CAST(:ss AS text[])) AS p(w, sku) "
+            "ON s.warehouse_id = p.w AND s.sku_id = p.sku ORDER BY s.sku_id, s.warehouse_id FOR UPDATE OF s"),
+            params)).all()
+        available = {(r.warehouse_id, r.sku_id): r.available for r in rows}
+        if any(available.get((w, line.sku_id), 0) < line.quantity for _, w, line in flat):
+            return SplitResult(prior=False)
+        await conn.execute(text(
+            "UPDATE stock s SET reserved = s.reserved + p.q, updated_at = now() "
+            "FROM unnest(CAST(:ws AS text[]), CAST(:ss AS text[]), CAST(:qs AS bigint[])) AS p(w, sku, q) "
+            "WHERE s.warehouse_id = p.w AND s.sku_id = p.sku"), params)
+        made = (await conn.execute(text(
+            "INSERT INTO reservations (reservation_id, order_id, warehouse_id, status, idempotency_key, "
+            "request_hash, created_at, expires_at, leg) "
+            "SELECT r, :o, w, 'RESERVED', :k, CAST(:h AS bytea), now(), now() + make_interval(secs => :hold), "
+            "leg - 1 FROM unnest(CAST(:rids AS text[]), CAST(:whs AS text[])) WITH ORDINALITY AS x(r, w, leg) "
+            "RETURNING reservation_id, created_at, expires_at"),
+            {"o": call.order_id, "k": call.key, "h": call.request_hash, "hold": call.hold_s,
+             "rids": rids, "whs": [w for w, _ in legs]})).all()
+        await conn.execute(text(
+            "INSERT INTO reservation_lines (reservation_id, sku_id, quantity) "
+            "SELECT r, sku, q FROM unnest(CAST(:rs AS text[]), CAST(:ss AS text[]), CAST(:qs AS bigint[])) "
+            "AS p(r, sku, q)"), params)
+        await conn.execute(text(
+            "INSERT INTO movements (warehouse_id, sku_id, on_hand_delta, reserved_delta, reason, reference_id) "
+            "SELECT w, sku, 0, q, 'reservation', r FROM unnest(CAST(:ws AS text[]), CAST(:ss AS text[]), "
+            "CAST(:qs AS bigint[]), CAST(:rs AS text[])) AS p(w, sku, q, r) ORDER BY sku, w"), params)
+        when = {row.reservation_id: (row.created_at, row.expires_at) for row in made}
+        return SplitResult(prior=False, legs=tuple(
+            Reservation(rids[i], call.order_id, w, ReservationStatus.RESERVED, lines, when[rids[i]][0],
+                        call.key, call.request_hash, when[rids[i]][1], i) for i, (w, lines) in enumerate(legs)))
 
     async def set_aside(self, conn: Connection, reservation: Reservation, shipment: Shipment,
                         pickup_code: str | None) -> None:

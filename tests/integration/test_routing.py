@@ -1,6 +1,6 @@
-"""Routing over gRPC: quotes by mode and place, routed reservations that hold what was quoted, a split that
-is quoted but refused as one hold, two buyers racing for the last unit of the nearest location, and express
-orders placed through a store entry."""
+"""Routing over gRPC: quotes by mode and place, routed reservations that hold what was quoted, two buyers
+racing for the last unit of the nearest location, and express orders placed through a store entry. Split
+routes: test_split_routes.py."""
 
 from __future__ import annotations
 
@@ -64,25 +64,6 @@ def test_each_mode_is_served_from_the_right_place_and_reserved_as_quoted(clients
     with pytest.raises(grpc.RpcError) as err:
         reserve(clients, route(wh.FULFILMENT_MODE_EXPRESS_3H, wh.GeoPoint(latitude=39.9, longitude=116.4)), (sku, 1))
     assert (err.value.code(), error_info(err.value).metadata["sku_id"]) == (grpc.StatusCode.RESOURCE_EXHAUSTED, sku)
-
-
-def test_a_split_is_quoted_but_not_held_as_one_reservation(clients, world):
-    a, b = world.new_sku(stock=0).sku_id, world.new_sku(stock=0).sku_id
-    near = place(clients, wh.WAREHOUSE_KIND_CLOUD, 31.3, 121.3)
-    nearer = place(clients, wh.WAREHOUSE_KIND_CLOUD, 31.25, 121.45)
-    stock(clients, near, a, 1)
-    stock(clients, near, b, 1)
-    stock(clients, nearer, a, 1)
-    legs = quote(clients, route(wh.FULFILMENT_MODE_CLOUD_SHIPPING), (a, 2), (b, 1)).legs
-    assert [(leg.warehouse_id, [(li.sku_id, li.quantity) for li in leg.lines]) for leg in legs] == [
-        (nearer.warehouse_id, [(a, 1)]), (near.warehouse_id, sorted([(a, 1), (b, 1)]))]
-    with pytest.raises(grpc.RpcError) as err:
-        reserve(clients, route(wh.FULFILMENT_MODE_CLOUD_SHIPPING), (a, 2), (b, 1))
-    info = error_info(err.value)
-    assert (err.value.code(), info.reason, info.metadata["sku_id"]) == (
-        grpc.StatusCode.FAILED_PRECONDITION, "ROUTE_NEEDS_SPLIT", a)
-    levels = clients.warehouse.GetStock(wh.GetStockRequest(sku_id=a)).levels
-    assert all(lv.reserved == 0 for lv in levels)
 
 
 def test_two_buyers_racing_for_the_nearest_last_unit(clients, world):

@@ -3,7 +3,7 @@ and the payment check."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -174,6 +174,35 @@ def test_dispatch_of_an_unpaid_order_or_a_second_shipment_is_refused():
         domain.dispatch(order(), "shp_1", NOW)
     with pytest.raises(FailedPrecondition):
         domain.dispatch(order(status=Status.DISPATCHED), "shp_2", NOW)
+
+
+def test_a_split_order_is_partially_shipped_until_its_last_shipment_leaves():
+    partial = domain.dispatch(order(status=Status.PAID), "shp_1", NOW, complete=False)
+    assert partial is not None
+    assert (partial.status, partial.shipment_id, partial.dispatched_at) == (Status.PARTIALLY_SHIPPED, "shp_1", NOW)
+    assert domain.dispatch(partial, "shp_1", NOW, complete=False) is None  # redelivered
+    assert domain.dispatch(partial, "shp_2", NOW, complete=False) is None  # a third location's parcel
+    later = NOW + timedelta(hours=2)
+    full = domain.dispatch(partial, "shp_3", later)
+    assert full is not None
+    assert (full.status, full.shipment_id, full.dispatched_at) == (Status.DISPATCHED, "shp_3", later)
+    # An earlier parcel's event arriving after the last one changes nothing.
+    assert domain.dispatch(full, "shp_2", NOW, complete=False) is None
+    with pytest.raises(FailedPrecondition):
+        domain.dispatch(order(), "shp_1", NOW, complete=False)  # never paid
+    with pytest.raises(FailedPrecondition):
+        domain.dispatch(domain.cancel(order(), "changed my mind", NOW), "shp_1", NOW, complete=False)
+
+
+def test_a_split_order_is_delivered_with_its_last_parcel():
+    shipped = order(status=Status.DISPATCHED)
+    assert domain.deliver(shipped, NOW, complete=False) is None
+    delivered = domain.deliver(shipped, NOW)
+    assert delivered is not None and delivered.status == Status.DELIVERED
+    with pytest.raises(FailedPrecondition):  # the last parcel cannot arrive before it left
+        domain.deliver(domain.dispatch(order(status=Status.PAID), "shp_1", NOW, complete=False), NOW)
+    with pytest.raises(FailedPrecondition):
+        domain.deliver(order(status=Status.PAID), NOW, complete=False)
 
 
 # -- visibility -------------------------------------------------------------------------------------------

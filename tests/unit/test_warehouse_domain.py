@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -176,3 +177,42 @@ def test_an_adjustment_never_takes_reserved_units(on_hand, reserved, delta):
         with pytest.raises(FailedPrecondition) as err:
             domain.check_adjustment(level, "s", delta)
         assert err.value.metadata["sku_id"] == "s"
+
+
+# -- split routes: one reservation per location ------------------------------------------------------------
+def split(status: ReservationStatus = ReservationStatus.RESERVED) -> list[domain.Reservation]:
+    first = reservation(status, lines=(Line("sku_a", 1),))
+    second = replace(reservation(status, lines=(Line("sku_a", 1), Line("sku_b", 1))), reservation_id="rsv_2",
+                     warehouse_id="whs_2", leg=1)
+    return [second, first]  # as the database returns them: any order
+
+
+def test_a_split_hold_is_replayed_leg_by_leg_and_matched_on_its_summed_lines():
+    whole = (Line("sku_a", 2), Line("sku_b", 1))
+    legs = domain.replay_legs(split(), "k1", b"h1", "ord_1", whole)
+    assert [r.reservation_id for r in legs] == ["rsv_1", "rsv_2"]
+    assert [r.reservation_id for r in domain.replay_legs(split(), "k2", b"h2", "ord_1", whole)] == ["rsv_1", "rsv_2"]
+    for lines in ((Line("sku_a", 1),), (Line("sku_a", 2),)):  # a leg's lines are not the order's
+        with pytest.raises(FailedPrecondition):
+            domain.replay_legs(split(), "k2", b"h2", "ord_1", lines)
+    with pytest.raises(FailedPrecondition):
+        domain.replay_legs(split(ReservationStatus.RELEASED), "k2", b"h2", "ord_1", whole)
+
+
+def test_a_split_leg_is_retaken_only_where_it_was():
+    assert domain.retake_order(reservation(), ["whs_0", "whs_1", "whs_2"], split=True) == ["whs_1"]
+
+
+def shipment(status: str, where: str = "whs_1") -> domain.Shipment:
+    return domain.Shipment(f"shp_{where}", "ord_1", where, "rsv_1", (Line("sku_a", 1),), T0, status)
+
+
+def test_an_order_is_shipped_and_delivered_in_full_only_when_every_leg_is():
+    assert domain.progress(1, [shipment("DISPATCHED")]) == domain.Progress(True, False)
+    assert domain.progress(1, [shipment("DELIVERED")]) == domain.Progress(True, True)
+    assert domain.progress(2, [shipment("DISPATCHED")]) == domain.Progress(False, False)
+    assert domain.progress(2, [shipment("DELIVERED"), shipment("CREATED", "whs_2")]) == domain.Progress(False, False)
+    assert domain.progress(2, [shipment("DELIVERED"), shipment("DISPATCHED", "whs_2")]) == \
+        domain.Progress(True, False)
+    assert domain.progress(2, [shipment("READY_FOR_PICKUP"), shipment("PACKED", "whs_2")]) == \
+        domain.Progress(False, False)

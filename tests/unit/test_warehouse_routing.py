@@ -69,7 +69,21 @@ def test_shortages_and_splits_name_a_sku():
     stock = {"whs_ks": {"a": 1, "b": 2}, "whs_cd": {"b": 1}}
     best = routing.plan(lines, Mode.CLOUD_SHIPPING, *SHANGHAI, ALL, stock)
     assert len(best.legs) == 2
-    assert routing.needs_split(best, lines, stock).metadata["sku_id"] == "b"
+
+
+def test_pickup_is_never_split_over_counters():
+    counters = [loc("whs_s1", Kind.STORE, 31.2, 121.4, store_id="str_1"),
+                loc("whs_s2", Kind.STORE, 31.3, 121.5, store_id="str_2")]
+    lines = (Line("a", 2), Line("b", 1))
+    stock = {"whs_s1": {"a": 2}, "whs_s2": {"a": 1, "b": 1}}
+    assert routing.plan(lines, Mode.CLOUD_SHIPPING, *SHANGHAI, counters, stock) is None  # counters do not ship
+    assert routing.plan(lines, Mode.STORE_PICKUP, *SHANGHAI, counters, stock) is None
+    assert routing.no_route(lines, Mode.STORE_PICKUP, *SHANGHAI, counters, stock).metadata["sku_id"] == "a"
+    # Three of "a" are on the counters together, but no one counter has them.
+    lines = (Line("a", 3),)
+    assert routing.no_route(lines, Mode.STORE_PICKUP, *SHANGHAI, counters, stock).metadata["sku_id"] == "a"
+    assert routing.plan(lines, Mode.STORE_PICKUP, *SHANGHAI, counters, {"whs_s1": {"a": 3}}).legs[0].warehouse_id \
+        == "whs_s1"
 
 
 @given(st.lists(st.tuples(st.floats(20, 45), st.floats(100, 125), st.dictionaries(
