@@ -20,6 +20,7 @@ _log = log.get(__name__)
 SUBJECT_ORDER_PAID = "orders.order.paid"
 SUBJECT_ORDER_CANCELLED = "orders.order.cancelled"
 SUBJECT_ORDER_REFUNDED = "orders.order.refunded"
+SUBJECT_ORDER_COMPLETED = "orders.order.completed"
 
 
 def order_pb(o: domain.Order) -> pb.Order:
@@ -57,6 +58,7 @@ def order_pb(o: domain.Order) -> pb.Order:
         warehouse_id=o.warehouse_id,
         pickup_code=o.pickup_code,
         delivered_at=timestamps.to_proto(o.delivered_at),
+        completed_at=timestamps.to_proto(o.completed_at),
     )
 
 
@@ -203,3 +205,38 @@ class UnpaidOrderSweeper:
             for order in overdue:
                 await cancel_order(conn, self.store, order, "payment window expired")
         return len(overdue)
+
+
+class CompletionSweeper:
+    """Completes orders whose after-sales window closed (the consumer has had every item for
+    OMO_AFTER_SALES_WINDOW_S) and announces each on orders.order.completed. SKIP LOCKED: replicas sweep side
+    by side, and an order a refund is being recorded for right now is left for the next pass."""
+
+    def __init__(self, engine: Database, store: OrderStore, window_s: float, interval_s: float,
+                 per_pass: int = 200):
+        self.engine = engine
+        self.store = store
+        self.window_s = window_s
+        self.interval_s = interval_s
+        self.per_pass = per_pass
+
+    async def run(self) -> None:
+        while True:
+            try:
+                completed = await self.sweep()
+            except Exception as exc:  # the database may be away for a moment: try again next tick
+                _log.warning("completion sweep failed", error=repr(exc))
+                completed = 0
+            if completed < self.per_pass:
+                await asyncio.sleep(self.interval_s)
+
+    async def sweep(self) -> int:
+        async with self.engine.begin() as conn:
+            due, at = await self.store.after_sales_over(conn, self.window_s, self.per_pass)
+            for order in due:
+                completed = domain.complete(order, at, self.window_s)
+                await self.store.record_completion(conn, order, completed)
+                await outbox.add(conn, SUBJECT_ORDER_COMPLETED, events_pb2.OrderCompleted(
+                    order_id=order.order_id, store_id=order.store_id, dealer_id=order.dealer_id,
+                    completed_at=timestamps.to_proto(at)))
+        return len(due)

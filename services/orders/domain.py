@@ -13,6 +13,9 @@ from services.runtime.money import allocate
 
 # How long an order may stay unpaid before the sweeper cancels it (OMO_PAYMENT_WINDOW_S).
 DEFAULT_PAYMENT_WINDOW_S = 15 * 60
+# How long after the consumer has every item refunds and returns are still taken (OMO_AFTER_SALES_WINDOW_S):
+# China's seven days' no-reason return (七天无理由退货). Then the order is COMPLETED.
+DEFAULT_AFTER_SALES_WINDOW_S = 7 * 24 * 3600
 
 
 class Status(enum.StrEnum):
@@ -25,6 +28,8 @@ class Status(enum.StrEnum):
     DELIVERED = "DELIVERED"
     # A split order: some of its shipments (one per location) have left, others not yet.
     PARTIALLY_SHIPPED = "PARTIALLY_SHIPPED"
+    # The consumer had every item and the after-sales window passed: final, no more refunds.
+    COMPLETED = "COMPLETED"
 
 
 class Fulfilment(enum.StrEnum):
@@ -67,6 +72,11 @@ ALLOWED_TRANSITIONS: frozenset[tuple[Status, Status]] = frozenset({
     (Status.DISPATCHED, Status.DELIVERED),
     (Status.DELIVERED, Status.PARTIALLY_REFUNDED),
     (Status.DELIVERED, Status.REFUNDED),
+    # After the after-sales window (see `complete`): from DELIVERED, or a pickup collected at the counter
+    # (DISPATCHED), or either of them partly refunded. A fully refunded order stays REFUNDED.
+    (Status.DELIVERED, Status.COMPLETED),
+    (Status.DISPATCHED, Status.COMPLETED),
+    (Status.PARTIALLY_REFUNDED, Status.COMPLETED),
 })
 # Refunds follow dispatch; a delivery after a refund is recorded (delivered_at) without undoing the refund.
 REFUNDABLE = frozenset({Status.DISPATCHED, Status.DELIVERED, Status.PARTIALLY_REFUNDED})
@@ -169,6 +179,7 @@ class Order:
     warehouse_id: str = ""
     pickup_code: str = ""
     delivered_at: datetime | None = None
+    completed_at: datetime | None = None
 
 
 # -- placing ----------------------------------------------------------------------------------------------
@@ -343,6 +354,9 @@ def refund(order: Order, provider_refund_id: str, requested: Sequence[tuple[str,
     """Refund units by line. Empty `requested` refunds every unit not refunded yet. Amounts are exact: a line's
     paid amount is its total less its discount share, and its refunds add up to exactly that once every unit
     is back."""
+    if order.status == Status.COMPLETED:
+        raise FailedPrecondition(f"order {order.order_id!r} is completed: its after-sales window closed",
+                                 reason="AFTER_SALES_CLOSED", metadata={"order_id": order.order_id})
     if order.status not in REFUNDABLE:
         check_transition(order.status, Status.REFUNDED)  # raises: refunds come after dispatch
     by_sku = {line.sku_id: i for i, line in enumerate(order.lines)}
@@ -397,6 +411,31 @@ def deliver(order: Order, at: datetime, complete: bool = True) -> Order | None:
         return replace(order, delivered_at=at)
     check_transition(order.status, Status.DELIVERED)
     return replace(order, status=Status.DELIVERED, delivered_at=at)
+
+
+# -- completing -------------------------------------------------------------------------------------------
+
+def received_at(order: Order) -> datetime | None:
+    """When the consumer had every item: the last parcel's delivery, or a pickup's collection at the counter.
+    None while anything is still on its way (or was never paid)."""
+    if order.delivered_at is not None:
+        return order.delivered_at
+    if order.fulfilment_mode == Fulfilment.STORE_PICKUP and order.status in (
+            Status.DISPATCHED, Status.PARTIALLY_REFUNDED):
+        return order.dispatched_at
+    return None
+
+
+def complete(order: Order, at: datetime, window_s: float) -> Order:
+    """The after-sales window closed: the order is COMPLETED, final. Refused while the consumer does not have
+    everything yet or the window is still open."""
+    received = received_at(order)
+    if received is None or at < received + timedelta(seconds=window_s):
+        raise FailedPrecondition(
+            f"order {order.order_id!r} is still in after-sales (received {received}, window {window_s:g} s)",
+            reason="AFTER_SALES_OPEN", metadata={"order_id": order.order_id, "status": str(order.status)})
+    check_transition(order.status, Status.COMPLETED)
+    return replace(order, status=Status.COMPLETED, completed_at=at)
 
 
 # -- reading ----------------------------------------------------------------------------------------------

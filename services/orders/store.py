@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import text
 
@@ -21,7 +21,7 @@ _ORDER_COLS = (
 _LINE_COLS = "sku_id, name, quantity, unit_price_fen, unit_supply_price_fen, line_total_fen"
 # Read back with what happened after placing (cancel, refunds); placing writes only the columns above.
 _ORDER_READ_COLS = (_ORDER_COLS + ", cancelled_at, cancel_reason, refunded_fen, fulfilment_mode, warehouse_id, "
-                    "pickup_code, delivered_at")
+                    "pickup_code, delivered_at, completed_at")
 _LINE_READ_COLS = _LINE_COLS + ", refunded_quantity, refunded_fen"
 
 # The order and its lines in one statement: one round trip on the hot path. A conflict on order_id (a retry
@@ -105,7 +105,7 @@ def _order(row) -> Order:  # type: ignore[no-untyped-def]
         payment_txn_id=row.payment_txn_id or "", paid_at=row.paid_at, shipment_id=row.shipment_id or "",
         dispatched_at=row.dispatched_at, cancelled_at=row.cancelled_at, cancel_reason=row.cancel_reason,
         refunded_fen=row.refunded_fen, fulfilment_mode=Fulfilment(row.fulfilment_mode), warehouse_id=row.warehouse_id,
-        pickup_code=row.pickup_code, delivered_at=row.delivered_at,
+        pickup_code=row.pickup_code, delivered_at=row.delivered_at, completed_at=row.completed_at,
     )
 
 
@@ -210,6 +210,27 @@ class OrderStore:
                  "FOR UPDATE SKIP LOCKED"), {"w": window_s, "n": limit})).scalars()
         orders = [await self.order(conn, order_id) for order_id in ids]
         return [o for o in orders if o is not None]
+
+    async def after_sales_over(self, conn: Connection, window_s: float, limit: int) -> tuple[list[Order], datetime]:
+        """Orders whose consumer had every item longer than the after-sales window ago, locked (rows another
+        sweeper holds are skipped), with the database's clock they were judged by."""
+        rows = (await conn.execute(
+            text("SELECT order_id, now() AS at FROM orders "
+                 "WHERE status IN ('DELIVERED', 'DISPATCHED', 'PARTIALLY_REFUNDED') "
+                 "AND coalesce(delivered_at, dispatched_at) <= now() - make_interval(secs => :w) "
+                 "AND (delivered_at IS NOT NULL OR fulfilment_mode = 'STORE_PICKUP') "
+                 "ORDER BY coalesce(delivered_at, dispatched_at) LIMIT :n FOR UPDATE SKIP LOCKED"),
+            {"w": window_s, "n": limit})).all()
+        orders = [await self.order(conn, row.order_id) for row in rows]
+        at = rows[0].at if rows else datetime.now(UTC)
+        return [o for o in orders if o is not None], at
+
+    async def record_completion(self, conn: Connection, before: Order, completed: Order) -> None:
+        updated = await conn.execute(
+            text("UPDATE orders SET status = 'COMPLETED', completed_at = :at WHERE order_id = :id AND status = :from"),
+            {"at": completed.completed_at, "id": completed.order_id, "from": str(before.status)})
+        if updated.rowcount != 1:
+            raise RuntimeError(f"order {completed.order_id} changed under its row lock")
 
     async def prior_refund(self, conn: Connection, provider_refund_id: str) -> PriorRefund | None:
         row = (await conn.execute(

@@ -15,7 +15,7 @@ from omo.orders.v1 import events_pb2 as orders_events
 from omo.orders.v1 import orders_pb2 as pb
 from omo.warehouse.v1 import warehouse_pb2 as wh
 
-from ..conftest import PAYMENT_WINDOW_S
+from ..conftest import AFTER_SALES_WINDOW_S, PAYMENT_WINDOW_S
 from ..support import bad_request_fields, error_info, key
 from .test_flow import eventually
 from .test_orders import available, issue_coupon, place_request, refused
@@ -52,15 +52,22 @@ def refund(clients, order_id: str, *lines: tuple[str, int], rid: str | None = No
         lines=[pb.RefundLineInput(sku_id=s, quantity=q) for s, q in lines]))
 
 
-def last_refunded(stack) -> orders_events.OrderRefunded:
+def last_on(stack, subject: str, message_type):  # type: ignore[no-untyped-def]
+    """The last event on the subject (an empty message while there is none)."""
     async def get_last() -> bytes:
         nc = await nats.connect(stack.nats_url)
         try:
-            return (await nc.jetstream().get_last_msg("ORDERS", "orders.order.refunded")).data
+            return (await nc.jetstream().get_last_msg("ORDERS", subject)).data
+        except nats.js.errors.NotFoundError:
+            return b""
         finally:
             await nc.close()
 
-    return orders_events.OrderRefunded.FromString(asyncio.run(get_last()))
+    return message_type.FromString(asyncio.run(get_last()))
+
+
+def last_refunded(stack) -> orders_events.OrderRefunded:
+    return last_on(stack, "orders.order.refunded", orders_events.OrderRefunded)
 
 
 # -- cancelling ---------------------------------------------------------------------------------------------
@@ -290,3 +297,32 @@ def test_store_stock_is_not_fulfilled_by_hand(clients, world):
         idempotency_key=key(), code=f"HS-{key()[:8]}", name="x", kind=wh.WAREHOUSE_KIND_STORE, region="East",
         latitude=31, longitude=121, store_id=world.store.store_id, manual_fulfilment=True))
     assert (err.code(), bad_request_fields(err)) == (grpc.StatusCode.INVALID_ARGUMENT, ["manual_fulfilment"])
+
+
+# -- completion ---------------------------------------------------------------------------------------------
+def test_a_delivered_order_completes_when_its_after_sales_window_closes(stack, clients, world):
+    sku = world.new_sku(stock=6)
+    order = clients.orders.PlaceOrder(place_request(world, [(sku, 2)])).order
+    on_its_way = clients.orders.PlaceOrder(place_request(world, [(sku, 1)])).order
+    pay(clients, order)
+    pay(clients, on_its_way)
+    done = deliver(clients, dispatched(clients, order.order_id).shipment_id)
+    dispatched(clients, on_its_way.order_id)
+    assert refund(clients, order.order_id, (sku.sku_id, 1)).order.status == pb.ORDER_STATUS_PARTIALLY_REFUNDED
+    completed = eventually(lambda: get(clients, order.order_id), lambda o: o.status == pb.ORDER_STATUS_COMPLETED,
+                           "the order to complete", timeout_s=AFTER_SALES_WINDOW_S + 20)
+    assert completed.completed_at.ToDatetime() - done.delivered_at.ToDatetime() >= \
+        timedelta(seconds=AFTER_SALES_WINDOW_S)
+    assert completed.refunded_fen == refund_total(completed)
+    announced = eventually(lambda: last_on(stack, "orders.order.completed", orders_events.OrderCompleted),
+                           lambda e: e.order_id == order.order_id, "the completion event")
+    assert (announced.completed_at, announced.dealer_id) == (completed.completed_at, world.dealer.dealer_id)
+    err = refused(lambda o: refund(clients, o, (sku.sku_id, 1)), order.order_id)
+    assert (err.code(), error_info(err).reason) == (grpc.StatusCode.FAILED_PRECONDITION, "AFTER_SALES_CLOSED")
+    assert get(clients, order.order_id) == completed
+    # Never delivered: still in after-sales, however long it has been.
+    assert get(clients, on_its_way.order_id).status == pb.ORDER_STATUS_DISPATCHED
+
+
+def refund_total(order: pb.Order) -> int:
+    return sum(line.refunded_fen for line in order.lines)

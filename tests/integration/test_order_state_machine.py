@@ -1,7 +1,7 @@
 """A hypothesis state machine over random sequences of receive / place (reserve) / expire / cancel / pay
-(ship) / deliver / refund (with or without returned goods) against the real services. After every step: stock is
-conserved (the levels equal the model and the ledger), and every order is in the state the rules allow, with
-refunds never exceeding what was paid."""
+(ship) / deliver / refund (with or without returned goods) against the real services, with the unpaid-order
+and completion sweepers running. After every step: stock is conserved (the levels equal the model and the
+ledger), and every order is in the state the rules allow, with refunds never exceeding what was paid."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from .test_warehouse import assert_ledger_matches, level
 
 SWEPT = "payment window expired"
 REFUNDABLE = (pb.ORDER_STATUS_DISPATCHED, pb.ORDER_STATUS_DELIVERED, pb.ORDER_STATUS_PARTIALLY_REFUNDED)
+# What the completion sweeper may turn into COMPLETED once the after-sales window passed.
+COMPLETABLE = (pb.ORDER_STATUS_DELIVERED, pb.ORDER_STATUS_PARTIALLY_REFUNDED)
 
 
 class OrderLife(RuleBasedStateMachine):
@@ -54,6 +56,19 @@ class OrderLife(RuleBasedStateMachine):
                 assert now.cancel_reason == SWEPT
                 self.orders[order_id][0] = pb.ORDER_STATUS_CANCELLED
                 self._released(order_id)
+
+    def _catch_up_with_completion(self, order_id: str) -> bool:
+        """The completion sweeper is part of the system too: a delivered order whose after-sales window
+        passed is COMPLETED (only then, and only from a delivered state). True if it completed."""
+        rec = self.orders[order_id]
+        if rec[0] not in COMPLETABLE:
+            return False
+        now = get(self.clients, order_id)
+        if now.status != pb.ORDER_STATUS_COMPLETED:
+            return False
+        assert now.HasField("delivered_at") and now.completed_at.ToDatetime() >= now.delivered_at.ToDatetime()
+        rec[0] = pb.ORDER_STATUS_COMPLETED
+        return True
 
     @rule(sku=st.integers(0, 1), quantity=st.integers(1, 4))
     def receive(self, sku: int, quantity: int) -> None:
@@ -155,7 +170,9 @@ class OrderLife(RuleBasedStateMachine):
                 provider_refund_id=f"rf-{key()}", order_id=order_id, goods_returned=returned,
                 lines=[pb.RefundLineInput(sku_id=sku_id, quantity=units)]))
         except grpc.RpcError as err:
-            refundable = status in REFUNDABLE
+            if err.code() == grpc.StatusCode.FAILED_PRECONDITION and self._catch_up_with_completion(order_id):
+                return
+            refundable = status in REFUNDABLE and status != pb.ORDER_STATUS_COMPLETED
             if refundable:
                 assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and units > qty - refunded, err.details()
             else:
@@ -186,6 +203,8 @@ class OrderLife(RuleBasedStateMachine):
 
     @invariant()
     def orders_follow_the_rules(self) -> None:
+        for order_id in self.orders:
+            self._catch_up_with_completion(order_id)
         for order_id, (status, _, qty, refunded, _) in self.orders.items():
             now = get(self.clients, order_id)
             assert now.status == status

@@ -3,6 +3,7 @@ and the payment check."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -203,6 +204,42 @@ def test_a_split_order_is_delivered_with_its_last_parcel():
         domain.deliver(domain.dispatch(order(status=Status.PAID), "shp_1", NOW, complete=False), NOW)
     with pytest.raises(FailedPrecondition):
         domain.deliver(order(status=Status.PAID), NOW, complete=False)
+
+
+def test_an_order_completes_once_its_consumer_had_everything_for_the_after_sales_window():
+    window = 7 * 24 * 3600
+    delivered = domain.deliver(order(status=Status.DISPATCHED), NOW)
+    assert delivered is not None
+    with pytest.raises(FailedPrecondition) as err:
+        domain.complete(delivered, NOW + timedelta(days=7) - timedelta(seconds=1), window)
+    assert err.value.reason == "AFTER_SALES_OPEN"
+    done = domain.complete(delivered, NOW + timedelta(days=7), window)
+    assert (done.status, done.completed_at) == (Status.COMPLETED, NOW + timedelta(days=7))
+    with pytest.raises(FailedPrecondition) as err:  # final: no refund after the window
+        domain.refund(done, "rf_1", [], False, NOW + timedelta(days=8))
+    assert err.value.reason == "AFTER_SALES_CLOSED"
+    with pytest.raises(FailedPrecondition):
+        domain.complete(done, NOW + timedelta(days=9), window)
+    # A parcel on its way, an unpaid or a paid order never completes, however long it waits.
+    for waiting in (order(status=Status.DISPATCHED), order(), order(status=Status.PAID)):
+        with pytest.raises(FailedPrecondition):
+            domain.complete(waiting, NOW + timedelta(days=365), window)
+
+
+def test_a_partly_refunded_order_completes_a_fully_refunded_one_stays_refunded():
+    delivered = domain.deliver(order(payable_lines=((1_000, 2),), status=Status.DISPATCHED), NOW)
+    assert delivered is not None
+    _, partly = domain.refund(delivered, "rf_1", [("sku_0", 1)], True, NOW)
+    assert domain.complete(partly, NOW + timedelta(seconds=60), 60).status == Status.COMPLETED
+    _, fully = domain.refund(partly, "rf_2", [], True, NOW)
+    with pytest.raises(FailedPrecondition):
+        domain.complete(fully, NOW + timedelta(days=30), 60)
+
+
+def test_a_pickup_completes_from_its_collection_at_the_counter():
+    collected = replace(order(status=Status.DISPATCHED), fulfilment_mode=domain.Fulfilment.STORE_PICKUP)
+    assert domain.received_at(collected) == NOW
+    assert domain.complete(collected, NOW + timedelta(seconds=60), 60).status == Status.COMPLETED
 
 
 # -- visibility -------------------------------------------------------------------------------------------
