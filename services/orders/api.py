@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from omo.orders.v1 import events_pb2, orders_pb2_grpc
 from omo.orders.v1 import orders_pb2 as pb
+from omo.warehouse.v1 import warehouse_pb2 as wh
 
 from services.runtime import log, outbox, reqctx, timestamps
 from services.runtime.db import Connection, Database
@@ -134,12 +136,39 @@ class OrderApi(orders_pb2_grpc.OrderServiceServicer):
         return pb.ListOrdersResponse(orders=[order_pb(o) for o in page], next_page_token=token)
 
     async def CancelOrder(self, request: pb.CancelOrderRequest, context) -> pb.CancelOrderResponse:
+        async with self.engine.connect() as conn:
+            order = await self.store.order(conn, request.order_id)
+        if order is None:
+            raise NotFound("order", request.order_id)
+        _check_principal(order)
+        if domain.awaiting_hand_over(order):
+            # The goods are stopped first: the warehouse cancels the order's waiting shipments and gives the
+            # holds back, or refuses (FAILED_PRECONDITION, passed on) if anything left or is not set aside
+            # yet. Keyed by the order: every attempt, whatever its own key, repeats the same call.
+            await self.placement.warehouse.CancelFulfilment(wh.CancelFulfilmentRequest(
+                idempotency_key=f"cancel-order:{order.order_id}", order_id=order.order_id, reason="order cancelled"))
+        digest = request_hash(request)
+
         async def effect(conn: Connection) -> pb.CancelOrderResponse:
             order = await self.store.order(conn, request.order_id, lock=True)
             if order is None:
                 raise NotFound("order", request.order_id)
-            _check_principal(order)
-            cancelled = await cancel_order(conn, self.store, order, request.reason)
+            if not order.payment_txn_id:
+                cancelled = await cancel_order(conn, self.store, order, request.reason)
+                return pb.CancelOrderResponse(order=order_pb(cancelled))
+            refund, cancelled = domain.cancel_paid(order, request.reason, timestamps.now(),
+                                                   f"cancel-{order.order_id}")
+            if refund is None:
+                await self.store.record_cancel(conn, cancelled, order.status)
+            else:
+                published = refund_pb(refund)
+                # Every unit refunded (REFUNDED), then cancelled: the row is never CANCELLED without its time.
+                refunded = replace(cancelled, status=domain.Status.REFUNDED)
+                await self.store.record_refund(conn, order, refunded, refund, digest, published.SerializeToString())
+                await self.store.record_cancel(conn, cancelled, domain.Status.REFUNDED)
+                await outbox.add(conn, SUBJECT_ORDER_REFUNDED, events_pb2.OrderRefunded(
+                    order=order_pb(cancelled), refund=published, payment_txn_id=order.payment_txn_id))
+            await outbox.add(conn, SUBJECT_ORDER_CANCELLED, order_cancelled(cancelled))
             return pb.CancelOrderResponse(order=order_pb(cancelled))
 
         return await run_idempotent(self.engine, "CancelOrder", request.idempotency_key, request,

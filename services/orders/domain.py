@@ -62,9 +62,15 @@ ALLOWED_TRANSITIONS: frozenset[tuple[Status, Status]] = frozenset({
     # A split order follows its shipments: partially shipped until the last location's has left.
     (Status.PAID, Status.PARTIALLY_SHIPPED),
     (Status.PARTIALLY_SHIPPED, Status.DISPATCHED),
-    # Only an unpaid order is cancelled: a paid one is already on its way out of the warehouse.
     (Status.PENDING_PAYMENT, Status.CANCELLED),
-    # Refunds are after-sale: the goods have left the warehouse.
+    # A paid order is cancelled only while nothing was handed over (the warehouse confirms it by cancelling
+    # its waiting shipments): every unit is refunded (`cancel_paid`), also after money-only refunds.
+    (Status.PAID, Status.CANCELLED),
+    (Status.PARTIALLY_REFUNDED, Status.CANCELLED),
+    (Status.REFUNDED, Status.CANCELLED),
+    # Refunds after payment: before hand-over money only, after it with or without returned goods.
+    (Status.PAID, Status.PARTIALLY_REFUNDED),
+    (Status.PAID, Status.REFUNDED),
     (Status.DISPATCHED, Status.PARTIALLY_REFUNDED),
     (Status.DISPATCHED, Status.REFUNDED),
     (Status.PARTIALLY_REFUNDED, Status.PARTIALLY_REFUNDED),
@@ -78,8 +84,9 @@ ALLOWED_TRANSITIONS: frozenset[tuple[Status, Status]] = frozenset({
     (Status.DISPATCHED, Status.COMPLETED),
     (Status.PARTIALLY_REFUNDED, Status.COMPLETED),
 })
-# Refunds follow dispatch; a delivery after a refund is recorded (delivered_at) without undoing the refund.
-REFUNDABLE = frozenset({Status.DISPATCHED, Status.DELIVERED, Status.PARTIALLY_REFUNDED})
+# Refunds follow payment; a dispatch or a delivery after a refund is recorded (dispatched_at, delivered_at)
+# without undoing the refund. A split order partly shipped is refunded once it is shipped in full.
+REFUNDABLE = frozenset({Status.PAID, Status.DISPATCHED, Status.DELIVERED, Status.PARTIALLY_REFUNDED})
 
 
 def check_transition(current: Status, target: Status) -> None:
@@ -283,6 +290,11 @@ def dispatch(order: Order, shipment_id: str, at: datetime, complete: bool = True
     redelivery), or a shipment that is not the last arrives after the order moved on."""
     if order.status in (Status.PARTIALLY_SHIPPED, Status.DISPATCHED) and order.shipment_id == shipment_id:
         return None
+    if order.status in (Status.PARTIALLY_REFUNDED, Status.REFUNDED):
+        # Refunded before its goods left (money only): the refund stands, the time it shipped in full is kept.
+        if not complete or order.dispatched_at is not None:
+            return None
+        return replace(order, shipment_id=shipment_id, dispatched_at=at)
     if not complete:
         if order.status in _SHIPPED_OR_LATER:
             return None
@@ -306,8 +318,34 @@ def ready_for_pickup(order: Order, pickup_code: str) -> Order | None:
 # -- cancelling ------------------------------------------------------------------------------------------
 
 def cancel(order: Order, reason: str, at: datetime) -> Order:
+    """An unpaid order is cancelled; a paid one goes through cancel_paid."""
+    if order.payment_txn_id:
+        raise FailedPrecondition(f"order {order.order_id!r} is paid: cancelling it refunds the payment",
+                                 reason="ORDER_PAID", metadata={"order_id": order.order_id})
     check_transition(order.status, Status.CANCELLED)
     return replace(order, status=Status.CANCELLED, cancelled_at=at, cancel_reason=reason)
+
+
+def awaiting_hand_over(order: Order) -> bool:
+    """Paid (perhaps refunded in part or whole, money only) and nothing of it has left yet."""
+    return bool(order.payment_txn_id) and order.dispatched_at is None and order.status in (
+        Status.PAID, Status.PARTIALLY_REFUNDED, Status.REFUNDED)
+
+
+def cancel_paid(order: Order, reason: str, at: datetime,
+                provider_refund_id: str) -> tuple[Refund | None, Order]:
+    """A paid order whose goods were not handed over is cancelled: every unit not refunded yet is refunded
+    (exact per line; None if money-only refunds already paid everything back) and the order is CANCELLED.
+    Once anything left it is refunds and returns."""
+    if not awaiting_hand_over(order):
+        check_transition(order.status, Status.CANCELLED)  # raises for an unpaid or partly shipped order
+        raise FailedPrecondition(f"order {order.order_id!r} was handed over: refunds and returns apply",
+                                 reason="HANDED_OVER", metadata={"order_id": order.order_id})
+    check_transition(order.status, Status.CANCELLED)
+    returned: Refund | None = None
+    if any(line.refunded_quantity < line.quantity for line in order.lines):
+        returned, order = refund(order, provider_refund_id, [], False, at)
+    return returned, replace(order, status=Status.CANCELLED, cancelled_at=at, cancel_reason=reason)
 
 
 # -- refunding --------------------------------------------------------------------------------------------
@@ -358,7 +396,10 @@ def refund(order: Order, provider_refund_id: str, requested: Sequence[tuple[str,
         raise FailedPrecondition(f"order {order.order_id!r} is completed: its after-sales window closed",
                                  reason="AFTER_SALES_CLOSED", metadata={"order_id": order.order_id})
     if order.status not in REFUNDABLE:
-        check_transition(order.status, Status.REFUNDED)  # raises: refunds come after dispatch
+        check_transition(order.status, Status.REFUNDED)  # raises: refunds come after payment
+    if goods_returned and order.dispatched_at is None:
+        raise InvalidArgument.field("goods_returned", "nothing of the order has been handed over: no goods can "
+                                                      "come back")
     by_sku = {line.sku_id: i for i, line in enumerate(order.lines)}
     wanted: dict[int, int] = {}
     if not requested:

@@ -169,7 +169,8 @@ class OrderStore:
     async def record_dispatch(self, conn: Connection, dispatched: Order) -> None:
         updated = await conn.execute(
             text("UPDATE orders SET status = :to, shipment_id = :s, dispatched_at = :at "
-                 "WHERE order_id = :id AND status IN ('PAID', 'PARTIALLY_SHIPPED')"),
+                 "WHERE order_id = :id AND status IN ('PAID', 'PARTIALLY_SHIPPED', 'PARTIALLY_REFUNDED', "
+                 "'REFUNDED')"),
             {"to": str(dispatched.status), "s": dispatched.shipment_id, "at": dispatched.dispatched_at,
              "id": dispatched.order_id},
         )
@@ -192,11 +193,12 @@ class OrderStore:
         if updated.rowcount != 1:
             raise RuntimeError(f"order {delivered.order_id} changed under its row lock")
 
-    async def record_cancel(self, conn: Connection, cancelled: Order) -> None:
+    async def record_cancel(self, conn: Connection, cancelled: Order, before: Status = Status.PENDING_PAYMENT) -> None:
         updated = await conn.execute(
             text("UPDATE orders SET status = 'CANCELLED', cancelled_at = :at, cancel_reason = :reason "
-                 "WHERE order_id = :id AND status = 'PENDING_PAYMENT'"),
-            {"at": cancelled.cancelled_at, "reason": cancelled.cancel_reason, "id": cancelled.order_id},
+                 "WHERE order_id = :id AND status = :from"),
+            {"at": cancelled.cancelled_at, "reason": cancelled.cancel_reason, "id": cancelled.order_id,
+             "from": str(before)},
         )
         if updated.rowcount != 1:
             raise RuntimeError(f"order {cancelled.order_id} changed under its row lock")

@@ -340,6 +340,29 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
         return await run_idempotent(self.engine, "RecordDelivery", request.idempotency_key, request,
                                     pb.RecordDeliveryResponse, effect)
 
+    async def CancelFulfilment(self, request: pb.CancelFulfilmentRequest, context) -> pb.CancelFulfilmentResponse:
+        async def effect(conn: Connection) -> pb.CancelFulfilmentResponse:
+            held = [h.reservation for h in await self.store.reservations_for_order(conn, request.order_id)]
+            if not held:
+                raise NotFound("order", request.order_id)
+            shipments = await self.store.shipments_locked(conn, request.order_id)
+            domain.check_cancel_fulfilment(request.order_id, held, shipments)
+            if len(held) > 1:
+                await self.store.lock_stock(conn, [(r.warehouse_id, r.lines) for r in held])
+            reason = f"order cancelled: {request.reason}"[:200]
+            hold_of = {r.reservation_id: r for r in held}
+            cancelled = []
+            for shipment in shipments:
+                reservation = hold_of[shipment.reservation_id]
+                await self.store.cancel_shipment(conn, shipment)
+                await outbox.add(conn, RESERVATION_RELEASED, reservation_released(reservation, reason, now()))
+                await self.store.release(conn, reservation, reason)
+                cancelled.append(replace(shipment, status="CANCELLED"))
+            return pb.CancelFulfilmentResponse(shipments=[shipment_pb(s) for s in cancelled])
+
+        return await retry_conflicts(lambda: run_idempotent(
+            self.engine, "CancelFulfilment", request.idempotency_key, request, pb.CancelFulfilmentResponse, effect))
+
     async def ListMovements(self, request: pb.ListMovementsRequest, context) -> pb.ListMovementsResponse:
         after = domain.page_after(request.page_token)
         size = request.page_size or domain.DEFAULT_PAGE_SIZE

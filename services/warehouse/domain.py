@@ -323,6 +323,31 @@ def check_collect(shipment: Shipment, pickup_code: str, expected_code: str) -> N
         raise InvalidArgument.field("pickup_code", "does not match the shipment's pickup code")
 
 
+_WAITING = frozenset({"CREATED", "PICKED", "PACKED", "READY_FOR_PICKUP"})
+
+
+def check_cancel_fulfilment(order_id: str, reservations: Iterable[Reservation],
+                            shipments: Iterable[Shipment]) -> None:
+    """A paid order's fulfilment stops only if nothing was handed over and every location has set its part
+    aside (a waiting shipment on a CONFIRMED hold): then each hold can go back whole. Anything else is
+    refused and changes nothing: goods that left come back only as a return."""
+    shipments = list(shipments)
+    for s in shipments:
+        if s.status in _OUT:
+            raise FailedPrecondition(f"shipment {s.shipment_id!r} of order {order_id!r} was handed over already",
+                                     reason="HANDED_OVER", metadata={"order_id": order_id,
+                                                                    "shipment_id": s.shipment_id})
+    if shipments and all(s.status == "CANCELLED" for s in shipments):
+        raise FailedPrecondition(f"order {order_id!r}'s fulfilment was cancelled already",
+                                 reason="SHIPMENT_CANCELLED", metadata={"order_id": order_id})
+    waiting = {s.reservation_id for s in shipments if s.status in _WAITING}
+    for r in reservations:
+        if r.status != ReservationStatus.CONFIRMED or r.reservation_id not in waiting:
+            raise FailedPrecondition(
+                f"order {order_id!r} has no waiting shipment at {r.warehouse_id!r} yet ({r.status})",
+                reason="FULFILMENT_NOT_STARTED", metadata={"order_id": order_id, "reservation_id": r.reservation_id})
+
+
 def retake_order(reservation: Reservation, cloud_warehouses: Iterable[str], split: bool = False) -> list[str]:
     """Where a released order's units are sought again: its own warehouse first, then the others by id. A
     leg of a split order only at its own location: the other legs' shipments are there already (one

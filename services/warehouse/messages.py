@@ -66,7 +66,8 @@ _SHIPMENT_STATUS = {"DISPATCHED": pb.SHIPMENT_STATUS_DISPATCHED,
                     "DELIVERED": pb.SHIPMENT_STATUS_DELIVERED,
                     "CREATED": pb.SHIPMENT_STATUS_CREATED,
                     "PICKED": pb.SHIPMENT_STATUS_PICKED,
-                    "PACKED": pb.SHIPMENT_STATUS_PACKED}
+                    "PACKED": pb.SHIPMENT_STATUS_PACKED,
+                    "CANCELLED": pb.SHIPMENT_STATUS_CANCELLED}
 
 
 def shipment_pb(s: domain.Shipment) -> pb.Shipment:

@@ -78,7 +78,7 @@ _RELEASE = text(f"""
     ),
     changed AS (
         UPDATE reservations SET status = 'RELEASED', release_reason = :reason, updated_at = now()
-        WHERE reservation_id = :rid AND status = 'RESERVED'
+        WHERE reservation_id = :rid AND status = :from_status
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM freed) AS lines, (SELECT count(*) FROM changed) AS reservations
@@ -504,6 +504,14 @@ class WarehouseStore:
         if updated.rowcount != 1:
             raise RuntimeError(f"shipment {before.shipment_id} changed under its row lock")
 
+    async def cancel_shipment(self, conn: Connection, shipment: Shipment) -> None:
+        """A waiting shipment -> CANCELLED; its hold is released by the caller (release)."""
+        updated = await conn.execute(
+            text("UPDATE shipments SET status = 'CANCELLED', cancelled_at = now() "
+                 "WHERE shipment_id = :s AND status = :from"), {"s": shipment.shipment_id, "from": shipment.status})
+        if updated.rowcount != 1:
+            raise RuntimeError(f"shipment {shipment.shipment_id} changed under its row lock")
+
     async def deliver(self, conn: Connection, shipment: Shipment) -> None:
         updated = await conn.execute(
             text("UPDATE shipments SET status = 'DELIVERED', delivered_at = :at "
@@ -524,7 +532,8 @@ class WarehouseStore:
 
     async def release(self, conn: Connection, reservation: Reservation, reason: str) -> None:
         row = (await conn.execute(_RELEASE, {**_split(reservation.lines), "w": reservation.warehouse_id,
-                                             "rid": reservation.reservation_id, "reason": reason})).one()
+                                             "rid": reservation.reservation_id, "reason": reason,
+                                             "from_status": str(reservation.status)})).one()
         _expect(row, len(reservation.lines), "release", reservation)
 
     # -- shipments --------------------------------------------------------------------------------------

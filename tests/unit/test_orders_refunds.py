@@ -31,10 +31,43 @@ def test_only_an_unpaid_order_is_cancelled():
         domain.pay(cancelled, "txn_late", cancelled.payable_fen, NOW)
 
 
-@pytest.mark.parametrize("status", [Status.PENDING_PAYMENT, Status.PAID])
-def test_refunds_come_after_dispatch(status):
+def test_refunds_come_after_payment_and_goods_come_back_only_once_they_left():
     with pytest.raises(FailedPrecondition):
-        domain.refund(order(status=status), "rf_1", [], False, NOW)
+        domain.refund(order(), "rf_1", [], False, NOW)
+    paid = order(payable_lines=((10_000, 2),), status=Status.PAID)
+    with pytest.raises(InvalidArgument) as err:
+        domain.refund(paid, "rf_1", [("sku_0", 1)], True, NOW)
+    assert [f for f, _ in err.value.violations] == ["goods_returned"]
+    money, partly = domain.refund(paid, "rf_1", [("sku_0", 1)], False, NOW)
+    assert (money.amount_fen, partly.status) == (10_000, Status.PARTIALLY_REFUNDED)
+    # Its goods leave later: the refund stands and the time it shipped is kept.
+    shipped = domain.dispatch(partly, "shp_1", NOW)
+    assert shipped is not None and (shipped.status, shipped.dispatched_at) == (Status.PARTIALLY_REFUNDED, NOW)
+    assert domain.dispatch(shipped, "shp_1", NOW) is None
+    _, back = domain.refund(shipped, "rf_2", [("sku_0", 1)], True, NOW)
+    assert back.status == Status.REFUNDED
+
+
+def test_a_paid_order_not_handed_over_is_cancelled_with_everything_refunded():
+    paid = order(payable_lines=((10_000, 3), (5_000, 1)), discount=1_001, status=Status.PAID)
+    refund, cancelled = domain.cancel_paid(paid, "changed my mind", NOW, "cancel-ord_1")
+    assert refund is not None and refund.amount_fen == paid.payable_fen == cancelled.refunded_fen
+    assert (cancelled.status, cancelled.cancelled_at, cancelled.cancel_reason) == (
+        Status.CANCELLED, NOW, "changed my mind")
+    assert all(line.refunded_quantity == line.quantity for line in cancelled.lines)
+    # After a money-only partial refund: the rest; after a full one: nothing more to pay back.
+    _, partly = domain.refund(paid, "rf_1", [("sku_0", 1)], False, NOW)
+    rest, cancelled = domain.cancel_paid(partly, "x", NOW, "cancel-ord_1")
+    assert rest is not None and rest.amount_fen + partly.refunded_fen == paid.payable_fen
+    _, fully = domain.refund(paid, "rf_1", [], False, NOW)
+    assert domain.cancel_paid(fully, "x", NOW, "cancel-ord_1")[0] is None
+    # Handed over, unpaid or cancelled already: refused.
+    for late in (order(status=Status.DISPATCHED), order(), cancelled):
+        with pytest.raises(FailedPrecondition):
+            domain.cancel_paid(late, "too late", NOW, "cancel-ord_1")
+    partial_ship = domain.dispatch(paid, "shp_1", NOW, complete=False)
+    with pytest.raises(FailedPrecondition):
+        domain.cancel_paid(partial_ship, "too late", NOW, "cancel-ord_1")
 
 
 def test_a_partial_refund_carries_its_share_of_the_discount():
