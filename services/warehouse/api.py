@@ -275,14 +275,21 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
             found = await self.store.pickup(conn, request.shipment_id)
             if found is None:
                 raise NotFound("shipment", request.shipment_id)
-            shipment, code = found
-            domain.check_collect(shipment, request.pickup_code, code)
+            shipment, code, wrong_codes = found
+            domain.check_collect(shipment, request.pickup_code, code, wrong_codes)
             collected = replace(shipment, status="DISPATCHED", dispatched_at=now())
             await self.store.hand_over(conn, shipment, collected)
             done = await self.store.progress(conn, shipment.order_id)
             await outbox.add(conn, SHIPMENT_DISPATCHED, shipment_dispatched(collected, done.all_dispatched))
             return pb.CollectPickupResponse(shipment=shipment_pb(collected))
 
+        # A wrong code is counted first, in its own transaction, so that it stays counted although the call
+        # fails; once the limit is reached nothing is counted and the collection below says PICKUP_LOCKED.
+        async with self.engine.begin() as conn:
+            tried = await self.store.count_wrong_code(conn, request.shipment_id, request.pickup_code,
+                                                      domain.MAX_WRONG_CODES)
+        if tried is not None:
+            raise domain.wrong_pickup_code(tried)
         return await retry_conflicts(lambda: run_idempotent(
             self.engine, "CollectPickup", request.idempotency_key, request, pb.CollectPickupResponse, effect))
 

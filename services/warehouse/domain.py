@@ -313,14 +313,29 @@ def check_delivery(shipment: Shipment) -> None:
     check_step(shipment, "DELIVERED")
 
 
-def check_collect(shipment: Shipment, pickup_code: str, expected_code: str) -> None:
-    """Only a shipment waiting at the counter is collected, and only with its code."""
+# Wrong pickup codes a shipment takes before it is locked: six digits cannot be guessed in five tries.
+MAX_WRONG_CODES = 5
+
+
+def wrong_pickup_code(tried: int) -> InvalidArgument:
+    """The answer to the `tried`-th wrong code (counted, committed although the call fails)."""
+    return InvalidArgument.field("pickup_code", f"does not match the shipment's pickup code "
+                                                f"({MAX_WRONG_CODES - tried} tries left)")
+
+
+def check_collect(shipment: Shipment, pickup_code: str, expected_code: str, wrong_codes: int = 0) -> None:
+    """Only a shipment waiting at the counter is collected, only with its code, and not once
+    MAX_WRONG_CODES wrong codes were tried (the consumer asks the store; an uncollected pickup expires)."""
     if shipment.status != "READY_FOR_PICKUP":
         raise FailedPrecondition(f"shipment {shipment.shipment_id!r} is {shipment.status}, not waiting for pickup",
                                  reason=f"SHIPMENT_{shipment.status}",
                                  metadata={"shipment_id": shipment.shipment_id, "status": shipment.status})
+    if wrong_codes >= MAX_WRONG_CODES:
+        raise FailedPrecondition(f"shipment {shipment.shipment_id!r} is locked after {wrong_codes} wrong pickup codes",
+                                 reason="PICKUP_LOCKED",
+                                 metadata={"shipment_id": shipment.shipment_id, "wrong_codes": str(wrong_codes)})
     if not hmac.compare_digest(pickup_code.encode(), expected_code.encode()):
-        raise InvalidArgument.field("pickup_code", "does not match the shipment's pickup code")
+        raise wrong_pickup_code(wrong_codes + 1)
 
 
 _WAITING = frozenset({"CREATED", "PICKED", "PACKED", "READY_FOR_PICKUP"})

@@ -479,18 +479,28 @@ class WarehouseStore:
         if row.reservations != 1:
             raise RuntimeError(f"reservation {reservation.reservation_id} changed under its row lock")
 
-    async def pickup(self, conn: Connection, shipment_id: str) -> tuple[Shipment, str] | None:
-        """A shipment with its pickup code, its reservation and itself locked (reservation first, as on every
-        other path)."""
+    async def pickup(self, conn: Connection, shipment_id: str) -> tuple[Shipment, str, int] | None:
+        """A shipment with its pickup code and the wrong codes tried so far, its reservation and itself locked
+        (reservation first, as on every other path)."""
         row = (await conn.execute(text(
-            "SELECT sh.shipment_id, sh.pickup_code FROM shipments sh JOIN reservations r "
+            "SELECT sh.shipment_id, sh.pickup_code, sh.wrong_codes FROM shipments sh JOIN reservations r "
             "ON r.reservation_id = sh.reservation_id WHERE sh.shipment_id = :sid FOR UPDATE OF r, sh"),
             {"sid": shipment_id})).first()
         if row is None:
             return None
         found = await self.shipment(conn, shipment_id)
         assert found is not None
-        return found, row.pickup_code or ""
+        return found, row.pickup_code or "", row.wrong_codes
+
+    async def count_wrong_code(self, conn: Connection, shipment_id: str, pickup_code: str, most: int) -> int | None:
+        """If the code is wrong for a pickup still waiting and not locked, count it (one statement under the
+        row lock, so concurrent guesses are counted one by one and never pass the limit): the attempt's
+        number. None if the code is right, the pickup is locked or it is not waiting any more."""
+        row = (await conn.execute(text(
+            "UPDATE shipments SET wrong_codes = wrong_codes + 1 WHERE shipment_id = :s "
+            "AND status = 'READY_FOR_PICKUP' AND pickup_code IS DISTINCT FROM :code AND wrong_codes < :most "
+            "RETURNING wrong_codes"), {"s": shipment_id, "code": pickup_code, "most": most})).first()
+        return row.wrong_codes if row else None
 
     async def shipment_locked(self, conn: Connection, shipment_id: str) -> Shipment | None:
         await conn.execute(text("SELECT 1 FROM shipments WHERE shipment_id = :s FOR UPDATE"), {"s": shipment_id})

@@ -4,6 +4,8 @@ units and its coupon given back; refunds after payment, money only until the goo
 
 from __future__ import annotations
 
+import threading
+
 import grpc
 from omo.marketing.v1 import marketing_pb2 as mkt
 from omo.orders.v1 import events_pb2 as orders_events
@@ -120,3 +122,35 @@ def test_a_paid_order_is_refunded_money_only_before_its_goods_leave(clients, wor
     eventually(lambda: level(clients, sku.sku_id, counter.warehouse_id).on_hand, lambda n: n == 2,
                "the returned unit back on the shelf")
     assert_ledger_matches(clients, counter.warehouse_id, sku.sku_id)
+
+
+# -- the pickup code ----------------------------------------------------------------------------------------
+def test_a_pickup_is_locked_after_five_wrong_codes_even_guessed_at_once(clients, world):
+    sku = world.new_sku(stock=0)
+    order, counter = pickup_order(clients, world, sku, 1)
+    code = get(clients, order.order_id).pickup_code
+    [waiting] = shipments(clients, order.order_id)
+    wrong = [f"{(int(code) + i) % 1_000_000:06d}" for i in range(1, 13)]
+    answers: list[grpc.StatusCode] = []
+
+    def guess(attempt: str) -> None:
+        try:
+            clients.warehouse.CollectPickup(wh.CollectPickupRequest(
+                idempotency_key=key(), shipment_id=waiting.shipment_id, pickup_code=attempt))
+        except grpc.RpcError as err:
+            answers.append(err.code())
+
+    threads = [threading.Thread(target=guess, args=(w,)) for w in wrong]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(answers, key=str) == sorted([grpc.StatusCode.INVALID_ARGUMENT] * 5 +
+                                              [grpc.StatusCode.FAILED_PRECONDITION] * 7, key=str)
+    err = refused(clients.warehouse.CollectPickup, wh.CollectPickupRequest(
+        idempotency_key=key(), shipment_id=waiting.shipment_id, pickup_code=code))
+    assert (err.code(), error_info(err).reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PICKUP_LOCKED")
+    lv = level(clients, sku.sku_id, counter.warehouse_id)
+    assert (lv.on_hand, lv.reserved) == (3, 1)  # still set aside
+    # Locked is not lost: the paid order can still be cancelled and refunded.
+    assert cancel(clients, order.order_id).status == pb.ORDER_STATUS_CANCELLED

@@ -216,3 +216,17 @@ def test_an_order_is_shipped_and_delivered_in_full_only_when_every_leg_is():
         domain.Progress(True, False)
     assert domain.progress(2, [shipment("READY_FOR_PICKUP"), shipment("PACKED", "whs_2")]) == \
         domain.Progress(False, False)
+
+
+def test_a_pickup_takes_five_wrong_codes_then_is_locked_even_for_the_right_one():
+    ready = replace(shipment("DISPATCHED"), status="READY_FOR_PICKUP")
+    domain.check_collect(ready, "123456", "123456", wrong_codes=4)
+    with pytest.raises(InvalidArgument) as err:
+        domain.check_collect(ready, "654321", "123456", wrong_codes=3)
+    assert err.value.violations[0] == ("pickup_code", "does not match the shipment's pickup code (1 tries left)")
+    for code in ("123456", "654321"):
+        with pytest.raises(FailedPrecondition) as locked:
+            domain.check_collect(ready, code, "123456", wrong_codes=domain.MAX_WRONG_CODES)
+        assert locked.value.reason == "PICKUP_LOCKED"
+    with pytest.raises(FailedPrecondition):
+        domain.check_collect(shipment("DISPATCHED"), "123456", "123456")
