@@ -13,6 +13,8 @@ PAYMENT_WINDOW_S = 12
 # After-sales window: long enough for every test that refunds a delivered order to do so, short enough to
 # watch an order complete.
 AFTER_SALES_WINDOW_S = 20
+# How long a paid pickup waits at the counter: every pickup test collects or cancels well within it.
+PICKUP_WINDOW_S = 20
 # A dealer id whose sharing cap stays at WeChat's default 30% in the test stack.
 CAPPED_DEALER = "dlr_wechat_default_cap"
 
@@ -48,6 +50,7 @@ def stack(tmp_path_factory):  # type: ignore[no-untyped-def]
                                             # long enough for every other test to pay in time.
                                             "OMO_PAYMENT_WINDOW_S": str(PAYMENT_WINDOW_S),
                                             "OMO_AFTER_SALES_WINDOW_S": str(AFTER_SALES_WINDOW_S),
+                                            "OMO_PICKUP_WINDOW_S": str(PICKUP_WINDOW_S),
                                             "OMO_SWEEP_INTERVAL_S": "0.5"})
     st = Stack(opts, services=_available_services())
     st.start()

@@ -23,6 +23,7 @@ SUBJECT_ORDER_PAID = "orders.order.paid"
 SUBJECT_ORDER_CANCELLED = "orders.order.cancelled"
 SUBJECT_ORDER_REFUNDED = "orders.order.refunded"
 SUBJECT_ORDER_COMPLETED = "orders.order.completed"
+PICKUP_EXPIRED = "pickup not collected in time"
 
 
 def order_pb(o: domain.Order) -> pb.Order:
@@ -269,3 +270,40 @@ class CompletionSweeper:
                     order_id=order.order_id, store_id=order.store_id, dealer_id=order.dealer_id,
                     completed_at=timestamps.to_proto(at)))
         return len(due)
+
+
+class PickupExpirySweeper:
+    """Cancels paid pickups never collected within OMO_PICKUP_WINDOW_S through CancelOrder itself (keyed by
+    the order): the warehouse cancels the waiting shipment and releases the hold, every unit is refunded, the
+    coupon comes back. A pickup collected meanwhile is refused by the warehouse (HANDED_OVER) and left alone."""
+
+    def __init__(self, engine: Database, store: OrderStore, api: OrderApi, window_s: float, interval_s: float,
+                 per_pass: int = 50):
+        self.engine = engine
+        self.store = store
+        self.api = api
+        self.window_s = window_s
+        self.interval_s = interval_s
+        self.per_pass = per_pass
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception as exc:  # the database may be away for a moment: try again next tick
+                _log.warning("pickup expiry sweep failed", error=repr(exc))
+            await asyncio.sleep(self.interval_s)
+
+    async def sweep(self) -> int:
+        async with self.engine.connect() as conn:
+            expired = await self.store.pickups_expired(conn, self.window_s, self.per_pass)
+        cancelled = 0
+        for order_id in expired:
+            try:
+                await self.api.CancelOrder(pb.CancelOrderRequest(
+                    idempotency_key=f"pickup-expired:{order_id}", order_id=order_id,
+                    reason=PICKUP_EXPIRED), None)
+                cancelled += 1
+            except Exception as exc:  # collected meanwhile, or a peer away: the next pass looks again
+                _log.info("expired pickup not cancelled", order_id=order_id, error=repr(exc))
+        return cancelled

@@ -16,6 +16,8 @@ DEFAULT_PAYMENT_WINDOW_S = 15 * 60
 # How long after the consumer has every item refunds and returns are still taken (OMO_AFTER_SALES_WINDOW_S):
 # China's seven days' no-reason return (七天无理由退货). Then the order is COMPLETED.
 DEFAULT_AFTER_SALES_WINDOW_S = 7 * 24 * 3600
+# How long a paid pickup waits at the counter (OMO_PICKUP_WINDOW_S); then it is cancelled and refunded.
+DEFAULT_PICKUP_WINDOW_S = 3 * 24 * 3600
 
 
 class Status(enum.StrEnum):
@@ -185,6 +187,8 @@ class Order:
     fulfilment_mode: Fulfilment = Fulfilment.CLOUD_SHIPPING
     warehouse_id: str = ""
     pickup_code: str = ""
+    # When the pickup was set aside at the counter (its code arrived).
+    pickup_ready_at: datetime | None = None
     delivered_at: datetime | None = None
     completed_at: datetime | None = None
 
@@ -304,15 +308,15 @@ def dispatch(order: Order, shipment_id: str, at: datetime, complete: bool = True
     return replace(order, status=Status.DISPATCHED, shipment_id=shipment_id, dispatched_at=at)
 
 
-def ready_for_pickup(order: Order, pickup_code: str) -> Order | None:
+def ready_for_pickup(order: Order, pickup_code: str, at: datetime | None = None) -> Order | None:
     """A paid pickup order is waiting at the store: the consumer gets the code. None if it has it already."""
     if order.pickup_code == pickup_code:
         return None
-    if order.status != Status.PAID or order.fulfilment_mode != Fulfilment.STORE_PICKUP or order.pickup_code:
+    if not awaiting_hand_over(order) or order.fulfilment_mode != Fulfilment.STORE_PICKUP or order.pickup_code:
         raise FailedPrecondition(f"order {order.order_id!r} ({order.status}, {order.fulfilment_mode}) is not a "
                                  "paid pickup order waiting for its code", reason="NOT_AWAITING_PICKUP",
                                  metadata={"order_id": order.order_id})
-    return replace(order, pickup_code=pickup_code)
+    return replace(order, pickup_code=pickup_code, pickup_ready_at=at)
 
 
 # -- cancelling ------------------------------------------------------------------------------------------

@@ -45,7 +45,9 @@ def on_ready_for_pickup(store: OrderStore) -> Handler:
         order = await store.order(conn, event.order_id, lock=True)
         if order is None:
             raise NotFound("order", event.order_id)
-        ready = domain.ready_for_pickup(order, event.pickup_code)
+        at = event.ready_at.ToDatetime(tzinfo=UTC) if event.HasField("ready_at") else \
+            datetime.fromtimestamp(delivery.created_ms / 1000, UTC)
+        ready = domain.ready_for_pickup(order, event.pickup_code, at)
         if ready is not None:
             await store.record_pickup_code(conn, ready)
 

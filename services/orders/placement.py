@@ -94,11 +94,12 @@ class Placement:
         store, quotes, credited = await self._quote(request)
         attribution = domain.attribute(_attribution(request.attribution), store, credited)
         lines = domain.price_lines(requested, quotes)
-        reservation_id, warehouse_id = await self._reserve(order_id, lines, route)
+        holds = await self._reserve(order_id, lines, route)
+        reservation_id, warehouse_id = holds[0]
         coupon = None
         if request.coupon_code:
-            coupon = await self._redeem(request, order_id, store, domain.totals(lines).subtotal_fen, reservation_id,
-                                        digest)
+            coupon = await self._redeem(request, order_id, store, domain.totals(lines).subtotal_fen,
+                                        [rid for rid, _ in holds], digest)
         order = domain.new_order(order_id, store, request.consumer_id, attribution, lines, coupon, reservation_id,
                                  timestamps.now(), route.mode, warehouse_id)
 
@@ -135,9 +136,11 @@ class Placement:
             raise
         return domain.StoreRef(s.store_id, s.dealer_id, s.brand_id)
 
-    async def _reserve(self, order_id: str, lines: tuple[domain.Line, ...], route: domain.Route) -> tuple[str, str]:
-        """The hold and the location it is at. With the consumer's place the warehouse routes (the same ranking
-        as its QuoteRoute); without, it holds at the first cloud warehouse covering every line."""
+    async def _reserve(self, order_id: str, lines: tuple[domain.Line, ...],
+                       route: domain.Route) -> list[tuple[str, str]]:
+        """The holds and the locations they are at, one per location of a split route (the first stands for
+        the order). With the consumer's place the warehouse routes (the same ranking as its QuoteRoute);
+        without, it holds at the first cloud warehouse covering every line."""
         request = wh.ReserveStockRequest(
             idempotency_key=f"{order_id}:reserve", order_id=order_id,
             lines=[wh.StockLine(sku_id=li.sku_id, quantity=li.quantity) for li in lines],
@@ -147,10 +150,11 @@ class Placement:
             request.route.mode = _WAREHOUSE_MODES[route.mode]
             request.route.deliver_to.latitude, request.route.deliver_to.longitude = route.deliver_to
         reply = await self.warehouse.ReserveStock(request)
-        return reply.reservation.reservation_id, reply.reservation.warehouse_id
+        legs = reply.legs or [reply.reservation]
+        return [(r.reservation_id, r.warehouse_id) for r in legs]
 
     async def _redeem(self, request: pb.PlaceOrderRequest, order_id: str, store: domain.StoreRef, subtotal_fen: int,
-                      reservation_id: str, digest: bytes) -> domain.Coupon:
+                      reservation_ids: list[str], digest: bytes) -> domain.Coupon:
         try:
             reply = await self.marketing.RedeemCoupon(mkt.RedeemCouponRequest(
                 idempotency_key=f"{order_id}:coupon", code=request.coupon_code, order_id=order_id,
@@ -159,10 +163,11 @@ class Placement:
         except grpc.aio.AioRpcError as err:
             if err.code() not in _REFUSALS:
                 raise
-            await self.warehouse.ReleaseReservation(wh.ReleaseReservationRequest(
-                idempotency_key=f"{order_id}:release", reservation_id=reservation_id,
-                reason=f"coupon {request.coupon_code} refused: {err.code().name}"[:200],
-            ))
+            for leg, reservation_id in enumerate(reservation_ids):
+                await self.warehouse.ReleaseReservation(wh.ReleaseReservationRequest(
+                    idempotency_key=f"{order_id}:release" + (f":{leg}" if leg else ""), reservation_id=reservation_id,
+                    reason=f"coupon {request.coupon_code} refused: {err.code().name}"[:200],
+                ))
             refusal = Refusal(err.code().name, err.details() or err.code().name, _status_details(err))
             async with self.engine.connect() as conn:
                 await self.store.add_refusal(conn, request.idempotency_key, digest, refusal)

@@ -21,7 +21,7 @@ _ORDER_COLS = (
 _LINE_COLS = "sku_id, name, quantity, unit_price_fen, unit_supply_price_fen, line_total_fen"
 # Read back with what happened after placing (cancel, refunds); placing writes only the columns above.
 _ORDER_READ_COLS = (_ORDER_COLS + ", cancelled_at, cancel_reason, refunded_fen, fulfilment_mode, warehouse_id, "
-                    "pickup_code, delivered_at, completed_at")
+                    "pickup_code, delivered_at, completed_at, pickup_ready_at")
 _LINE_READ_COLS = _LINE_COLS + ", refunded_quantity, refunded_fen"
 
 # The order and its lines in one statement: one round trip on the hot path. A conflict on order_id (a retry
@@ -106,6 +106,7 @@ def _order(row) -> Order:  # type: ignore[no-untyped-def]
         dispatched_at=row.dispatched_at, cancelled_at=row.cancelled_at, cancel_reason=row.cancel_reason,
         refunded_fen=row.refunded_fen, fulfilment_mode=Fulfilment(row.fulfilment_mode), warehouse_id=row.warehouse_id,
         pickup_code=row.pickup_code, delivered_at=row.delivered_at, completed_at=row.completed_at,
+        pickup_ready_at=row.pickup_ready_at,
     )
 
 
@@ -179,8 +180,9 @@ class OrderStore:
 
     async def record_pickup_code(self, conn: Connection, order: Order) -> None:
         updated = await conn.execute(
-            text("UPDATE orders SET pickup_code = :code WHERE order_id = :id AND status = 'PAID'"),
-            {"code": order.pickup_code, "id": order.order_id})
+            text("UPDATE orders SET pickup_code = :code, pickup_ready_at = :at WHERE order_id = :id "
+                 "AND status IN ('PAID', 'PARTIALLY_REFUNDED', 'REFUNDED') AND dispatched_at IS NULL"),
+            {"code": order.pickup_code, "at": order.pickup_ready_at, "id": order.order_id})
         if updated.rowcount != 1:
             raise RuntimeError(f"order {order.order_id} changed under its row lock")
 
@@ -226,6 +228,13 @@ class OrderStore:
         orders = [await self.order(conn, row.order_id) for row in rows]
         at = rows[0].at if rows else datetime.now(UTC)
         return [o for o in orders if o is not None], at
+
+    async def pickups_expired(self, conn: Connection, window_s: float, limit: int) -> list[str]:
+        """Paid pickups waiting at the counter longer than the window, oldest first."""
+        return (await conn.execute(
+            text("SELECT order_id FROM orders WHERE pickup_ready_at <= now() - make_interval(secs => :w) "
+                 "AND dispatched_at IS NULL AND status IN ('PAID', 'PARTIALLY_REFUNDED', 'REFUNDED') "
+                 "ORDER BY pickup_ready_at LIMIT :n"), {"w": window_s, "n": limit})).scalars()
 
     async def record_completion(self, conn: Connection, before: Order, completed: Order) -> None:
         updated = await conn.execute(

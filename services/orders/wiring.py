@@ -15,7 +15,7 @@ from services.runtime.consumer import Subscription
 from services.runtime.server import Runtime, Wiring
 
 from . import domain, events
-from .api import CompletionSweeper, OrderApi, UnpaidOrderSweeper
+from .api import CompletionSweeper, OrderApi, PickupExpirySweeper, UnpaidOrderSweeper
 from .placement import Placement
 from .store import OrderStore
 
@@ -33,6 +33,7 @@ async def wire(rt: Runtime) -> Wiring:
     )
     api = OrderApi(rt.engine, store, placement)
     sweep_s = float(os.environ.get("OMO_SWEEP_INTERVAL_S") or 1.0)
+    pickup_s = float(os.environ.get("OMO_PICKUP_WINDOW_S") or domain.DEFAULT_PICKUP_WINDOW_S)
     after_sales_s = float(os.environ.get("OMO_AFTER_SALES_WINDOW_S") or domain.DEFAULT_AFTER_SALES_WINDOW_S)
     full_name = orders_pb2.DESCRIPTOR.services_by_name["OrderService"].full_name
     return Wiring(
@@ -46,5 +47,6 @@ async def wire(rt: Runtime) -> Wiring:
                          wh_events.ShipmentDelivered, events.on_shipment_delivered(store)),
         ],
         jobs=[UnpaidOrderSweeper(rt.engine, store, window_s, sweep_s).run,
-              CompletionSweeper(rt.engine, store, after_sales_s, sweep_s).run],
+              CompletionSweeper(rt.engine, store, after_sales_s, sweep_s).run,
+              PickupExpirySweeper(rt.engine, store, api, pickup_s, sweep_s).run],
     )

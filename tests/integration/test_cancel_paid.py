@@ -5,6 +5,7 @@ units and its coupon given back; refunds after payment, money only until the goo
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 
 import grpc
 from omo.marketing.v1 import marketing_pb2 as mkt
@@ -12,6 +13,7 @@ from omo.orders.v1 import events_pb2 as orders_events
 from omo.orders.v1 import orders_pb2 as pb
 from omo.warehouse.v1 import warehouse_pb2 as wh
 
+from ..conftest import PICKUP_WINDOW_S
 from ..support import bad_request_fields, error_info, key
 from .test_flow import eventually
 from .test_order_lifecycle import cancel, get, last_on, pay, refund, reservation
@@ -154,3 +156,24 @@ def test_a_pickup_is_locked_after_five_wrong_codes_even_guessed_at_once(clients,
     assert (lv.on_hand, lv.reserved) == (3, 1)  # still set aside
     # Locked is not lost: the paid order can still be cancelled and refunded.
     assert cancel(clients, order.order_id).status == pb.ORDER_STATUS_CANCELLED
+
+
+def test_a_pickup_never_collected_expires_cancelled_and_refunded(stack, clients, world):
+    sku = world.new_sku(stock=0, retail_fen=20_000, supply_fen=15_000)
+    coupon = issue_coupon(clients, world, face_fen=2_000)
+    order, counter = pickup_order(clients, world, sku, 1, coupon.code)
+    expired = eventually(lambda: get(clients, order.order_id), lambda o: o.status == pb.ORDER_STATUS_CANCELLED,
+                         "the uncollected pickup to expire", timeout_s=PICKUP_WINDOW_S + 20)
+    assert (expired.cancel_reason, expired.refunded_fen) == ("pickup not collected in time", 18_000)
+    ready_at = shipments(clients, order.order_id)[0].ready_at.ToDatetime()
+    assert expired.cancelled_at.ToDatetime() - ready_at >= timedelta(seconds=PICKUP_WINDOW_S)
+    [waiting] = shipments(clients, order.order_id)
+    assert waiting.status == wh.SHIPMENT_STATUS_CANCELLED
+    lv = level(clients, sku.sku_id, counter.warehouse_id)
+    assert (lv.on_hand, lv.reserved) == (3, 0)
+    assert_ledger_matches(clients, counter.warehouse_id, sku.sku_id)
+    refunded = eventually(lambda: last_on(stack, "orders.order.refunded", orders_events.OrderRefunded),
+                          lambda e: e.refund.order_id == order.order_id, "the refund event")
+    assert refunded.refund.amount_fen == 18_000
+    eventually(lambda: clients.marketing.GetCoupon(mkt.GetCouponRequest(code=coupon.code)).coupon,
+               lambda c: not c.redeemed_order_id, "the coupon to be given back")

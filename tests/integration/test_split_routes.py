@@ -181,3 +181,16 @@ def test_two_orders_racing_for_the_last_unit_of_a_split_route(clients, world, ro
         lv = level(clients, sku, w.warehouse_id)
         assert (lv.on_hand, lv.reserved, lv.available) == (1, 1, 0)
         assert_ledger_matches(clients, w.warehouse_id, sku)
+
+
+def test_a_refused_coupon_gives_back_every_leg_of_a_split_hold(clients, world):
+    a, b, near, nearer = two_sites(clients, world)
+    request = place_request(world, [(a, 2), (b, 1)], coupon_code="NO-SUCH-COUPON")
+    request.deliver_to.CopyFrom(pb.GeoPoint(latitude=SHANGHAI.latitude, longitude=SHANGHAI.longitude))
+    with pytest.raises(grpc.RpcError) as err:
+        clients.orders.PlaceOrder(request)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    for w, sku in ((near, a), (near, b), (nearer, a)):
+        lv = level(clients, sku.sku_id, w.warehouse_id)
+        assert (lv.on_hand, lv.reserved) == (1, 0)
+        assert_ledger_matches(clients, w.warehouse_id, sku.sku_id)

@@ -141,3 +141,17 @@ def test_listing_names_exactly_one_party_and_stays_in_the_callers_tenant():
        st.text("abcdef0123456789_.", min_size=1, max_size=40))
 def test_page_tokens_round_trip_exactly(at, order_id):
     assert domain.page_after(domain.page_token(at, order_id)) == (at, order_id)
+
+
+def test_a_pickup_gets_its_code_while_it_waits_even_after_a_money_only_refund():
+    from dataclasses import replace
+
+    paid = replace(order(status=Status.PAID), fulfilment_mode=domain.Fulfilment.STORE_PICKUP)
+    ready = domain.ready_for_pickup(paid, "123456", NOW)
+    assert ready is not None and (ready.pickup_code, ready.pickup_ready_at) == ("123456", NOW)
+    assert domain.ready_for_pickup(ready, "123456", NOW) is None  # redelivered
+    _, partly = domain.refund(paid, "rf_1", [], False, NOW)
+    later = domain.ready_for_pickup(partly, "654321", NOW)
+    assert later is not None and later.pickup_code == "654321"
+    with pytest.raises(FailedPrecondition):
+        domain.ready_for_pickup(order(status=Status.DISPATCHED), "123456", NOW)
