@@ -1,19 +1,22 @@
 """Split routes over gRPC: when no single location covers an order, the quoted plan is held as one
 reservation per location, all or nothing; payment makes one shipment per location; the order follows its
-shipments (PARTIALLY_SHIPPED, DISPATCHED, DELIVERED); two orders racing for the last unit of a split route
-never oversell."""
+shipments (PARTIALLY_SHIPPED, DISPATCHED, DELIVERED); cancelling, a refused coupon and a redelivered payment
+act on every leg, once; two orders racing for the last unit of a split route never oversell."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import grpc
 import pytest
+from omo.orders.v1 import events_pb2 as order_events
 from omo.orders.v1 import orders_pb2 as pb
 from omo.warehouse.v1 import warehouse_pb2 as wh
 
 from ..support import error_info, key
-from .test_flow import eventually
+from .test_exactly_once import _find_and_republish
+from .test_flow import buy_and_ship, eventually
 from .test_order_lifecycle import cancel, deliver, dispatched, get, pay, reservation
 from .test_orders import place_request
 from .test_routing import SHANGHAI, place, quote, route, stock
@@ -194,3 +197,22 @@ def test_a_refused_coupon_gives_back_every_leg_of_a_split_hold(clients, world):
         lv = level(clients, sku.sku_id, w.warehouse_id)
         assert (lv.on_hand, lv.reserved) == (1, 0)
         assert_ledger_matches(clients, w.warehouse_id, sku.sku_id)
+
+
+def test_a_redelivered_payment_of_a_split_order_ships_nothing_more(stack, clients, world):
+    a, b, near, nearer = two_sites(clients, world)
+    request = place_request(world, [(a, 2), (b, 1)])
+    request.deliver_to.CopyFrom(pb.GeoPoint(latitude=SHANGHAI.latitude, longitude=SHANGHAI.longitude))
+    order = clients.orders.PlaceOrder(request).order
+    pay(clients, order)
+    done = dispatched(clients, order.order_id)
+    parcels = shipments(clients, order.order_id)
+    asyncio.run(_find_and_republish(stack.nats_url, "orders.order.paid", order_events.OrderPaid, order.order_id,
+                                    fresh_id=True))
+    buy_and_ship(clients, world, [(world.new_sku(), 1)])  # the marker, behind the duplicate
+    assert shipments(clients, order.order_id) == parcels
+    for w, sku in ((near, a), (near, b), (nearer, a)):
+        lv = level(clients, sku.sku_id, w.warehouse_id)
+        assert (lv.on_hand, lv.reserved) == (0, 0)
+        assert_ledger_matches(clients, w.warehouse_id, sku.sku_id)
+    assert get(clients, order.order_id) == done
