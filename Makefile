@@ -15,6 +15,7 @@ run: $(GEN)  ## start Postgres, NATS and the five services, seed, run a demo ord
 test: $(GEN)  ## unit + integration tests against a real Postgres and NATS started by the test session
 	$(BIN)/ruff check services tests bench proto
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/buf lint build/omo.binpb --config proto/buf.yaml
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-unit: $(GEN)

@@ -8,7 +8,7 @@ import time
 import uuid
 
 
-def uuid7() -> uuid.UUID:
+def _uuid7_int() -> int:
     ms = time.time_ns() // 1_000_000
     rand = int.from_bytes(os.urandom(10), "big")
     value = (ms & ((1 << 48) - 1)) << 80
@@ -16,11 +16,15 @@ def uuid7() -> uuid.UUID:
     value |= ((rand >> 62) & 0xFFF) << 64
     value |= 0b10 << 62
     value |= rand & ((1 << 62) - 1)
-    return uuid.UUID(int=value)
+    return value
+
+
+def uuid7() -> uuid.UUID:
+    return uuid.UUID(int=_uuid7_int())
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid7().hex}"
+    return f"{prefix}_{_uuid7_int():032x}"
 
 
 def derived_id(prefix: str, *parts: str) -> str:
