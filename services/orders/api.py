@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 
 from omo.orders.v1 import events_pb2, orders_pb2_grpc
 from omo.orders.v1 import orders_pb2 as pb
 from omo.warehouse.v1 import warehouse_pb2 as wh
 
-from services.runtime import log, outbox, reqctx, timestamps
+from services.runtime import jobs, log, outbox, reqctx, timestamps
 from services.runtime.db import Connection, Database
 from services.runtime.errors import InvalidArgument, NotFound
 from services.runtime.idempotency import request_hash, run_idempotent
@@ -220,14 +219,7 @@ class UnpaidOrderSweeper:
         self.per_pass = per_pass
 
     async def run(self) -> None:
-        while True:
-            try:
-                cancelled = await self.sweep()
-            except Exception as exc:  # the database may be away for a moment: try again next tick
-                _log.warning("unpaid order sweep failed", error=repr(exc))
-                cancelled = 0
-            if cancelled < self.per_pass:
-                await asyncio.sleep(self.interval_s)
+        await jobs.repeat("unpaid order sweep", self.sweep, rest_s=self.interval_s, full=self.per_pass)
 
     async def sweep(self) -> int:
         async with self.engine.begin() as conn:
@@ -251,14 +243,7 @@ class CompletionSweeper:
         self.per_pass = per_pass
 
     async def run(self) -> None:
-        while True:
-            try:
-                completed = await self.sweep()
-            except Exception as exc:  # the database may be away for a moment: try again next tick
-                _log.warning("completion sweep failed", error=repr(exc))
-                completed = 0
-            if completed < self.per_pass:
-                await asyncio.sleep(self.interval_s)
+        await jobs.repeat("completion sweep", self.sweep, rest_s=self.interval_s, full=self.per_pass)
 
     async def sweep(self) -> int:
         async with self.engine.begin() as conn:
@@ -287,12 +272,8 @@ class PickupExpirySweeper:
         self.per_pass = per_pass
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except Exception as exc:  # the database may be away for a moment: try again next tick
-                _log.warning("pickup expiry sweep failed", error=repr(exc))
-            await asyncio.sleep(self.interval_s)
+        # Every pass rests: a pickup the warehouse refuses to cancel (collected meanwhile) stays due.
+        await jobs.repeat("pickup expiry sweep", self.sweep, rest_s=self.interval_s, full=self.per_pass + 1)
 
     async def sweep(self) -> int:
         async with self.engine.connect() as conn:

@@ -17,7 +17,7 @@ import asyncio
 import dataclasses
 from collections.abc import Callable
 
-from services.runtime import log, outbox
+from services.runtime import jobs, log, outbox
 from services.runtime.db import Database, retry_conflicts
 
 from . import domain
@@ -74,14 +74,7 @@ class SharingExecutor:
 
     async def run(self, idle_s: float = 0.2) -> None:
         """The background job: pass after pass, resting only when nothing was due."""
-        while True:
-            try:
-                done = await self.run_once()
-            except Exception as exc:
-                _log.warning("sharing pass failed", error=repr(exc))
-                done = 0
-            if done < self.batch:
-                await asyncio.sleep(idle_s)
+        await jobs.repeat("sharing pass", self.run_once, rest_s=idle_s, full=self.batch)
 
     async def run_once(self) -> int:
         """One pass over up to `batch` due splits; the number of splits worked on."""
@@ -206,14 +199,7 @@ class SplitReturnJob:
         self.hook = hook
 
     async def run(self, idle_s: float = 1.0) -> None:
-        while True:
-            try:
-                n = await self.run_once()
-            except Exception as exc:
-                _log.warning("split return pass failed", error=repr(exc))
-                n = 0
-            if n < self.batch:
-                await asyncio.sleep(idle_s)
+        await jobs.repeat("split return pass", self.run_once, rest_s=idle_s, full=self.batch)
 
     async def run_once(self) -> int:
         await self.apply_waiting_refunds()

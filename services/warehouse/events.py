@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from dataclasses import replace
 from datetime import datetime
 
 from omo.orders.v1 import events_pb2 as orders_events
 
-from services.runtime import log, outbox
+from services.runtime import jobs, log, outbox
 from services.runtime.consumer import Delivery
 from services.runtime.db import Connection, Database
 from services.runtime.errors import FailedPrecondition
@@ -178,14 +177,7 @@ class ExpirySweeper:
         self.per_pass = per_pass
 
     async def run(self) -> None:
-        while True:
-            try:
-                released = await self.sweep()
-            except Exception as exc:  # the database may be away for a moment: try again next tick
-                _log.warning("reservation sweep failed", error=repr(exc))
-                released = 0
-            if released < self.per_pass:
-                await asyncio.sleep(self.interval_s)
+        await jobs.repeat("reservation sweep", self.sweep, rest_s=self.interval_s, full=self.per_pass)
 
     async def sweep(self) -> int:
         released = 0
