@@ -15,9 +15,10 @@ from services.runtime.consumer import Subscription
 from services.runtime.server import Runtime, Wiring
 
 from . import domain, events
-from .api import CompletionSweeper, OrderApi, PickupExpirySweeper, UnpaidOrderSweeper
+from .api import OrderApi
 from .placement import Placement
 from .store import OrderStore
+from .sweepers import CompletionSweeper, PickupExpirySweeper, UnpaidOrderSweeper
 
 
 async def wire(rt: Runtime) -> Wiring:
