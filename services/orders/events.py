@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from omo.warehouse.v1 import events_pb2 as wh_events
 
 from services.runtime.consumer import Delivery, Handler
@@ -15,6 +16,21 @@ from . import domain
 from .store import OrderStore
 
 
+async def _locked_order(conn: Connection, store: OrderStore, order_id: str) -> domain.Order:
+    order = await store.order(conn, order_id, lock=True)
+    if order is None:
+        raise NotFound("order", order_id)
+    return order
+
+
+def _when(stamp: Timestamp | None, delivery: Delivery) -> datetime:
+    """The event's own time, or (deterministic on redelivery) the time the event was written, never the time
+    it is handled."""
+    if stamp is not None:
+        return stamp.ToDatetime(tzinfo=UTC)
+    return datetime.fromtimestamp(delivery.created_ms / 1000, UTC)
+
+
 def on_shipment_dispatched(store: OrderStore) -> Handler:
     """PAID -> DISPATCHED, or PARTIALLY_SHIPPED while other locations' shipments of a split order have not
     left yet (then -> DISPATCHED with the last). A redelivered shipment finds the order already dispatched
@@ -22,14 +38,8 @@ def on_shipment_dispatched(store: OrderStore) -> Handler:
     message, which the consumer retries and finally dead-letters."""
 
     async def handle(conn: Connection, event: wh_events.ShipmentDispatched, delivery: Delivery) -> None:
-        order = await store.order(conn, event.order_id, lock=True)
-        if order is None:
-            raise NotFound("order", event.order_id)
-        if event.HasField("dispatched_at"):
-            at = event.dispatched_at.ToDatetime(tzinfo=UTC)
-        else:
-            # Deterministic on redelivery: the time the event was written, not the time it is handled.
-            at = datetime.fromtimestamp(delivery.created_ms / 1000, UTC)
+        order = await _locked_order(conn, store, event.order_id)
+        at = _when(event.dispatched_at if event.HasField("dispatched_at") else None, delivery)
         dispatched = domain.dispatch(order, event.shipment_id, at, event.order_fully_dispatched)
         if dispatched is not None:
             await store.record_dispatch(conn, dispatched)
@@ -42,11 +52,8 @@ def on_ready_for_pickup(store: OrderStore) -> Handler:
     It becomes DISPATCHED when the consumer collects it (warehouse.shipment.dispatched)."""
 
     async def handle(conn: Connection, event: wh_events.ShipmentReadyForPickup, delivery: Delivery) -> None:
-        order = await store.order(conn, event.order_id, lock=True)
-        if order is None:
-            raise NotFound("order", event.order_id)
-        at = event.ready_at.ToDatetime(tzinfo=UTC) if event.HasField("ready_at") else \
-            datetime.fromtimestamp(delivery.created_ms / 1000, UTC)
+        order = await _locked_order(conn, store, event.order_id)
+        at = _when(event.ready_at if event.HasField("ready_at") else None, delivery)
         ready = domain.ready_for_pickup(order, event.pickup_code, at)
         if ready is not None:
             await store.record_pickup_code(conn, ready)
@@ -61,11 +68,8 @@ def on_shipment_delivered(store: OrderStore) -> Handler:
     yet."""
 
     async def handle(conn: Connection, event: wh_events.ShipmentDelivered, delivery: Delivery) -> None:
-        order = await store.order(conn, event.order_id, lock=True)
-        if order is None:
-            raise NotFound("order", event.order_id)
-        at = event.delivered_at.ToDatetime(tzinfo=UTC) if event.HasField("delivered_at") else \
-            datetime.fromtimestamp(delivery.created_ms / 1000, UTC)
+        order = await _locked_order(conn, store, event.order_id)
+        at = _when(event.delivered_at if event.HasField("delivered_at") else None, delivery)
         delivered = domain.deliver(order, at, event.order_fully_delivered)
         if delivered is not None:
             await store.record_delivery(conn, order, delivered)

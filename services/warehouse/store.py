@@ -103,15 +103,15 @@ _SHIPMENT_ROWS = """
 """
 
 # RESERVED -> SHIPPED: the held units leave, on_hand and reserved both go down.
-_SHIP_HELD = text(f"""
-    WITH {_LINES},
+# Held units of `lines` leave warehouse :w under shipment :sid: on_hand and reserved both go down, with
+# their movements. Shared by shipping at once and by a hand-over after picking up or packing.
+_TAKE_HELD = """
     locked AS MATERIALIZED (
         SELECT s.sku_id, l.quantity FROM stock s JOIN lines l ON l.sku_id = s.sku_id
         WHERE s.warehouse_id = :w ORDER BY s.sku_id FOR UPDATE OF s
     ),
     taken AS (
-        UPDATE stock s SET on_hand = s.on_hand - k.quantity, reserved = s.reserved - k.quantity,
-                           updated_at = now()
+        UPDATE stock s SET on_hand = s.on_hand - k.quantity, reserved = s.reserved - k.quantity, updated_at = now()
         FROM locked k
         WHERE s.warehouse_id = :w AND s.sku_id = k.sku_id AND s.reserved >= k.quantity
         RETURNING s.sku_id, k.quantity
@@ -119,7 +119,11 @@ _SHIP_HELD = text(f"""
     moved AS (
         INSERT INTO movements (warehouse_id, sku_id, on_hand_delta, reserved_delta, reason, reference_id)
         SELECT :w, sku_id, -quantity, -quantity, 'shipment', :sid FROM taken ORDER BY sku_id
-    ),
+    )"""
+
+_SHIP_HELD = text(f"""
+    WITH {_LINES},
+    {_TAKE_HELD},
     {_SHIPMENT_ROWS}
 """)
 
@@ -188,22 +192,9 @@ _SET_ASIDE = text(f"""
 """)
 
 # READY_FOR_PICKUP or PACKED -> DISPATCHED: the consumer took the goods, or a carrier did; they leave the stock.
-_HAND_OVER = text("""
+_HAND_OVER = text(f"""
     WITH lines AS (SELECT sku_id, quantity FROM shipment_lines WHERE shipment_id = :sid),
-    locked AS MATERIALIZED (
-        SELECT s.sku_id, l.quantity FROM stock s JOIN lines l ON l.sku_id = s.sku_id
-        WHERE s.warehouse_id = :w ORDER BY s.sku_id FOR UPDATE OF s
-    ),
-    taken AS (
-        UPDATE stock s SET on_hand = s.on_hand - k.quantity, reserved = s.reserved - k.quantity, updated_at = now()
-        FROM locked k
-        WHERE s.warehouse_id = :w AND s.sku_id = k.sku_id AND s.reserved >= k.quantity
-        RETURNING s.sku_id, k.quantity
-    ),
-    moved AS (
-        INSERT INTO movements (warehouse_id, sku_id, on_hand_delta, reserved_delta, reason, reference_id)
-        SELECT :w, sku_id, -quantity, -quantity, 'shipment', :sid FROM taken ORDER BY sku_id
-    ),
+    {_TAKE_HELD},
     handed AS (
         UPDATE shipments SET status = 'DISPATCHED', dispatched_at = CAST(:at AS timestamptz), carrier = :carrier,
                              tracking_number = :tracking
