@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -60,26 +60,11 @@ class Result:
             raise LookupError(f"expected exactly one row, got {len(self.rows)}")
         return self.rows[0]
 
-    def one_or_none(self) -> Row | None:
-        if len(self.rows) > 1:
-            raise LookupError(f"expected at most one row, got {len(self.rows)}")
-        return self.first()
-
     def scalar_one(self) -> Any:
         return self.one()[0]
 
-    def scalar_one_or_none(self) -> Any:
-        row = self.one_or_none()
-        return None if row is None else row[0]
-
-    def scalar(self) -> Any:
-        return self.rows[0][0] if self.rows else None
-
     def scalars(self) -> list[Any]:
         return [row[0] for row in self.rows]
-
-    def mappings(self) -> list[dict[str, Any]]:
-        return [dict(row.items()) for row in self.rows]
 
 
 @lru_cache(maxsize=1024)
@@ -112,16 +97,8 @@ class Connection:
     def __init__(self, raw: asyncpg.Connection):
         self.raw = raw
 
-    async def execute(self, statement: TextClause | str,
-                      params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None) -> Result:
-        """One statement; a list of parameter sets runs it once per set (no rows come back then)."""
+    async def execute(self, statement: TextClause | str, params: Mapping[str, Any] | None = None) -> Result:
         sql, names = _compile(statement.text if isinstance(statement, TextClause) else statement)
-        if isinstance(params, Sequence):
-            try:
-                await self.raw.executemany(sql, [[p[n] for n in names] for p in params])
-            except asyncpg.PostgresError as err:
-                raise _translated(err, sql, params) from err
-            return Result([], len(params))
         args = [params[n] for n in names] if names and params is not None else []
         try:
             # The private `_execute` is asyncpg's own `execute`/`fetch` core: it returns the rows and the
