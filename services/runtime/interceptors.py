@@ -103,9 +103,9 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                 elapsed = time.perf_counter() - start
                 requests.labels(metrics.SERVICE.name, method, code).inc()
                 latency.observe(elapsed)
-                if code != "OK" or elapsed > 0.5:
-                    level = _log.info if code == "OK" else _log.warning
-                    level("rpc", method=method, code=code, ms=round(elapsed * 1000, 2), request_id=rid)
+                # Failures and slow calls at info/warning; every call at debug (a no-op below that level).
+                level = _log.debug if code == "OK" and elapsed <= 0.5 else _log.info if code == "OK" else _log.warning
+                level("rpc", method=method, code=code, ms=round(elapsed * 1000, 2), request_id=rid)
 
         return behavior
 
