@@ -11,6 +11,7 @@ import grpc
 from omo.warehouse.v1 import warehouse_pb2 as wh
 from omo.warehouse.v1 import warehouse_pb2_grpc
 
+from . import cpu
 from .stats import percentile
 
 
@@ -22,6 +23,7 @@ async def run(warehouse_addr: str, sku_id: str, *, duration_s: float, callers: i
     errors: dict[str, int] = {}
     stop_at = time.monotonic() + duration_s
     started = time.monotonic()
+    cpu_before = cpu.snapshot()
 
     async def caller(n: int) -> None:
         i = 0
@@ -39,6 +41,7 @@ async def run(warehouse_addr: str, sku_id: str, *, duration_s: float, callers: i
 
     await asyncio.gather(*(caller(n) for n in range(callers)))
     elapsed = time.monotonic() - started
+    cpu_after = cpu.snapshot()
     await channel.close()
     return {
         "hot_sku_reservations_per_s": round(len(latencies) / elapsed, 1),
@@ -46,5 +49,6 @@ async def run(warehouse_addr: str, sku_id: str, *, duration_s: float, callers: i
         "hot_sku_reserve_p50_ms": round(percentile(latencies, 50), 2),
         "hot_sku_reserve_p99_ms": round(percentile(latencies, 99), 2),
         "hot_sku_errors": errors,
+        "hot_sku_cpu_ms_per_reservation": cpu.per_unit_ms(cpu_before, cpu_after, len(latencies)),
         "hot_sku_callers": callers,
     }

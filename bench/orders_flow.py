@@ -19,6 +19,7 @@ from omo.warehouse.v1 import events_pb2 as wh_events
 
 from services.cli.seed import DemoWorld
 
+from . import cpu
 from .stats import percentile
 
 
@@ -55,6 +56,7 @@ async def run(orders_addr: str, nats_url: str, world: DemoWorld, *, duration_s: 
     run_id = uuid.uuid4().hex[:8]
     stop_at = time.monotonic() + duration_s
     started = time.monotonic()
+    cpu_before = cpu.snapshot()
 
     async def buyer(n: int) -> None:
         rng = random.Random(n)
@@ -89,6 +91,7 @@ async def run(orders_addr: str, nats_url: str, world: DemoWorld, *, duration_s: 
     while len(stats.settled()) < len(stats.paid_at) and time.monotonic() < drain_deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
     settled = stats.settled()
+    cpu_after = cpu.snapshot()
     last = max((max(stats.dispatched_at[o], stats.split_at[o]) for o in settled), default=load_end)
     lags = [(max(stats.dispatched_at[o], stats.split_at[o]) - stats.paid_at[o]) * 1000 for o in settled]
     await channel.close()
@@ -106,6 +109,7 @@ async def run(orders_addr: str, nats_url: str, world: DemoWorld, *, duration_s: 
         "event_lag_p50_ms": round(percentile(lags, 50), 2),
         "event_lag_p99_ms": round(percentile(lags, 99), 2),
         "errors": stats.errors,
+        "cpu_ms_per_order": cpu.per_unit_ms(cpu_before, cpu_after, len(settled)),
         "buyers": buyers,
         "duration_s": duration_s,
     }

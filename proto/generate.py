@@ -17,7 +17,8 @@ import importlib.util
 import pathlib
 import sys
 
-from google.protobuf import descriptor_pb2, duration_pb2, field_mask_pb2, timestamp_pb2
+from google.protobuf import any_pb2, descriptor_pb2, duration_pb2, field_mask_pb2, timestamp_pb2
+from google.rpc import status_pb2
 from grpc_tools import protoc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -39,7 +40,8 @@ def validate_descriptor() -> bytes:
 
 def write_deps(path: pathlib.Path) -> None:
     fds = descriptor_pb2.FileDescriptorSet()
-    for module in (descriptor_pb2, duration_pb2, field_mask_pb2, timestamp_pb2):
+    # google/rpc/status.proto (batch RPCs answer each item with its own Status) comes from googleapis-common-protos.
+    for module in (descriptor_pb2, duration_pb2, field_mask_pb2, timestamp_pb2, any_pb2, status_pb2):
         module.DESCRIPTOR.CopyToProto(fds.file.add())
     fds.file.add().ParseFromString(validate_descriptor())
     path.parent.mkdir(parents=True, exist_ok=True)

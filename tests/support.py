@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import grpc
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from omo.catalog.v1 import catalog_pb2 as cat
 from omo.warehouse.v1 import warehouse_pb2 as wh
@@ -37,8 +37,11 @@ def bad_request_fields(err: grpc.RpcError) -> list[str]:
 
 def error_info(err: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
     status = rpc_status.from_call(err)
-    if status is None:
-        return None
+    return None if status is None else error_info_of(status)
+
+
+def error_info_of(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | None:
+    """The google.rpc.ErrorInfo detail of a status (a failed call's, or one item's of a batch RPC)."""
     for detail in status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()

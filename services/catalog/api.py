@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import protovalidate
 from omo.catalog.v1 import catalog_pb2 as pb
 from omo.catalog.v1 import catalog_pb2_grpc
 
+from services.runtime import batch, interceptors
 from services.runtime.db import Connection, Database
-from services.runtime.errors import AlreadyExists, NotFound
+from services.runtime.errors import AlreadyExists, DomainError, NotFound
 from services.runtime.idempotency import run_idempotent
 from services.runtime.ids import new_id
 
@@ -36,6 +38,7 @@ class CatalogApi(catalog_pb2_grpc.CatalogServiceServicer):
     def __init__(self, engine: Database, store: CatalogStore):
         self.engine = engine
         self.store = store
+        self._validator = protovalidate.Validator()
 
     async def CreateBrand(self, request: pb.CreateBrandRequest, context) -> pb.CreateBrandResponse:
         async def effect(conn: Connection) -> pb.CreateBrandResponse:
@@ -140,14 +143,41 @@ class CatalogApi(catalog_pb2_grpc.CatalogServiceServicer):
         )
 
     async def QuotePrices(self, request: pb.QuotePricesRequest, context) -> pb.QuotePricesResponse:
-        sku_ids = list(request.sku_ids)
+        answer = (await self._quote([request]))[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def BatchQuotePrices(self, request: pb.BatchQuotePricesRequest, context) -> pb.BatchQuotePricesResponse:
+        requests = list(request.requests)
+        checked = batch.check_each(self._validator, requests)
+        valid = [r for r, bad in zip(requests, checked, strict=True) if bad is None]
+        quoted = iter(await self._quote(valid) if valid else [])
+        results = []
+        for bad in checked:
+            answer = bad if bad is not None else next(quoted)
+            results.append(batch.outcome(pb.QuotePricesResult,
+                                         interceptors.status_of(answer) if isinstance(answer, Exception) else answer))
+        return pb.BatchQuotePricesResponse(results=results)
+
+    async def _quote(self, requests: list[pb.QuotePricesRequest]) -> list[pb.QuotePricesResponse | Exception]:
+        """Every request's quote (or why not) from one round trip, however many there are."""
         async with self.engine.connect() as conn:
-            store, skus, listed = await self.store.quote_inputs(conn, request.store_id, sku_ids)
-        if store is None:
-            raise NotFound("store", request.store_id)
-        quotes = domain.quote(store, sku_ids, skus, listed)
-        return pb.QuotePricesResponse(
-            store=store_pb(store),
-            quotes=[pb.PriceQuote(sku_id=q.sku.sku_id, name=q.sku.name, retail_price_fen=q.sku.retail_price_fen,
-                                  supply_price_fen=q.sku.supply_price_fen) for q in quotes],
-        )
+            stores, skus, listed = await self.store.quote_inputs(
+                conn, [(r.store_id, list(r.sku_ids)) for r in requests])
+        answers: list[pb.QuotePricesResponse | Exception] = []
+        for r in requests:
+            store = stores.get(r.store_id)
+            try:
+                if store is None:
+                    raise NotFound("store", r.store_id)
+                quotes = domain.quote(store, list(r.sku_ids), skus, listed.get(r.store_id, set()))
+            except DomainError as err:
+                answers.append(err)
+                continue
+            answers.append(pb.QuotePricesResponse(
+                store=store_pb(store),
+                quotes=[pb.PriceQuote(sku_id=q.sku.sku_id, name=q.sku.name, retail_price_fen=q.sku.retail_price_fen,
+                                      supply_price_fen=q.sku.supply_price_fen) for q in quotes],
+            ))
+        return answers

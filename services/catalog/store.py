@@ -11,6 +11,16 @@ from .domain import Brand, Dealer, Sku, Store
 _SKU_COLS = "sku_id, brand_id, code, name, retail_price_fen, supply_price_fen"
 _STORE_COLS = "s.store_id, s.dealer_id, d.brand_id, s.name, s.region, s.latitude, s.longitude"
 
+# One row per requested (store, SKU) pair; an unknown store has no row, an unknown SKU a row without it.
+_QUOTE_INPUTS = text("""
+    SELECT r.store_id, s.dealer_id, d.brand_id, s.name, s.region, s.latitude, s.longitude,
+           k.sku_id, k.brand_id AS sku_brand_id, k.code, k.name AS sku_name,
+           k.retail_price_fen, k.supply_price_fen, coalesce(l.listed, false) AS listed
+    FROM unnest(CAST(:stores AS text[]), CAST(:skus AS text[])) AS r(store_id, sku_id)
+    JOIN stores s ON s.store_id = r.store_id JOIN dealers d ON d.dealer_id = s.dealer_id
+    LEFT JOIN skus k ON k.sku_id = r.sku_id
+    LEFT JOIN listings l ON l.store_id = r.store_id AND l.sku_id = r.sku_id""")
+
 
 class CatalogStore:
     async def add_brand(self, conn: Connection, brand: Brand) -> None:
@@ -72,26 +82,24 @@ class CatalogStore:
         )
 
     async def quote_inputs(
-        self, conn: Connection, store_id: str, sku_ids: list[str]
-    ) -> tuple[Store | None, dict[str, Sku], set[str]]:
-        """Store, requested SKUs and which of them the store lists, in one round trip (PlaceOrder's hot path)."""
-        rows = (await conn.execute(
-            text(f"""
-                SELECT {_STORE_COLS}, k.sku_id, k.brand_id AS sku_brand_id, k.code, k.name AS sku_name,
-                       k.retail_price_fen, k.supply_price_fen, coalesce(l.listed, false) AS listed
-                FROM stores s JOIN dealers d USING (dealer_id)
-                LEFT JOIN unnest(CAST(:ids AS text[])) AS req(sku_id) ON true
-                LEFT JOIN skus k ON k.sku_id = req.sku_id
-                LEFT JOIN listings l ON l.store_id = s.store_id AND l.sku_id = req.sku_id
-                WHERE s.store_id = :store"""),
-            {"store": store_id, "ids": sku_ids},
-        )).all()
-        if not rows:
-            return None, {}, set()
-        store = Store(*rows[0][:7])
-        skus = {r.sku_id: Sku(r.sku_id, r.sku_brand_id, r.code, r.sku_name, r.retail_price_fen, r.supply_price_fen)
-                for r in rows if r.sku_id is not None}
-        return store, skus, {r.sku_id for r in rows if r.sku_id is not None and r.listed}
+        self, conn: Connection, requests: list[tuple[str, list[str]]]
+    ) -> tuple[dict[str, Store], dict[str, Sku], dict[str, set[str]]]:
+        """For (store, SKUs) requests: the stores, the SKUs and which of them each store lists, in one round
+        trip however many requests there are (PlaceOrder's hot path quotes many orders at once)."""
+        pairs = sorted({(store_id, sku_id) for store_id, sku_ids in requests for sku_id in sku_ids})
+        rows = (await conn.execute(_QUOTE_INPUTS, {"stores": [p[0] for p in pairs],
+                                                   "skus": [p[1] for p in pairs]})).all()
+        stores: dict[str, Store] = {}
+        skus: dict[str, Sku] = {}
+        listed: dict[str, set[str]] = {}
+        for r in rows:
+            stores.setdefault(r.store_id, Store(*r[:7]))
+            if r.sku_id is not None:
+                skus.setdefault(r.sku_id, Sku(r.sku_id, r.sku_brand_id, r.code, r.sku_name, r.retail_price_fen,
+                                              r.supply_price_fen))
+                if r.listed:
+                    listed.setdefault(r.store_id, set()).add(r.sku_id)
+        return stores, skus, listed
 
     async def listings(self, conn: Connection, store_id: str, after: str, limit: int) -> list[Sku]:
         rows = (await conn.execute(

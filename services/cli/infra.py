@@ -101,6 +101,10 @@ class EmbeddedPostgres:
             "full_page_writes": "on" if self.durable else "off",
             "commit_delay": "50" if self.durable else "0",
         }
+        # Diagnosis: OMO_PG_SETTINGS="shared_preload_libraries=pg_stat_statements;log_min_duration_statement=50"
+        for item in filter(None, os.environ.get("OMO_PG_SETTINGS", "").split(";")):
+            key, _, value = item.partition("=")
+            settings[key.strip()] = value.strip()
         args = [str(self.bin / "postgres"), "-D", str(self.data_dir)]
         for key, value in settings.items():
             args += ["-c", f"{key}={value}"]

@@ -11,7 +11,6 @@ import grpc
 import protovalidate
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from . import log, metrics, reqctx
 from .errors import DomainError, InvalidArgument
@@ -19,6 +18,8 @@ from .ids import new_id
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 _log = log.get("rpc")
+# The trailer that carries a failure's google.rpc.Status (with its details), as grpc-status writes it.
+DETAILS_KEY = "grpc-status-details-bin"
 
 
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
@@ -113,30 +114,55 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         """DomainError -> its status code with google.rpc details; a dependency's refusal passes on; anything
         else is a bug -> INTERNAL."""
         try:
-            try:
-                self._validator.validate(request)
-            except protovalidate.ValidationError as exc:
-                raise InvalidArgument([(_field_path(v), v.proto.message) for v in exc.violations]) from None
+            check(self._validator, request)
             return await inner(request, context)
-        except DomainError as err:
-            status = rpc_status.to_status(to_status(err))
-            await context.abort(status.code, status.details, status.trailing_metadata)
-        except grpc.aio.AioRpcError as err:
-            # A dependency refused. Its status (and its google.rpc details) is the most honest answer for what
-            # the caller sent; anything else from it is our problem, not the caller's.
-            code = err.code()
-            if code in _PASS_THROUGH:
-                trailer = tuple((k, v) for k, v in (err.trailing_metadata() or ()) if k == "grpc-status-details-bin")
-                await context.abort(code, err.details() or code.name, trailer)
-            _log.error("dependency call failed", code=code.name, details=err.details())
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"dependency failed: {code.name}")
         except (grpc.aio.AbortError, grpc.aio.UsageError):
             raise
-        except TimeoutError:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "timed out, safe to retry")
-        except Exception:
-            _log.exception("unhandled error", request_id=reqctx.request_id())
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        except Exception as exc:
+            status = status_of(exc)
+            await context.abort(_CODES[status.code], status.message,
+                                _details_trailer(status) if status.details else None)
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _details_trailer(status: status_pb2.Status) -> tuple[tuple[str, bytes], ...]:
+    return ((DETAILS_KEY, status.SerializeToString()),)
+
+
+def check(validator: protovalidate.Validator, request: Any) -> None:
+    """The protovalidate rules of the request's message type, as INVALID_ARGUMENT naming each field."""
+    try:
+        validator.validate(request)
+    except protovalidate.ValidationError as exc:
+        raise InvalidArgument([(_field_path(v), v.proto.message) for v in exc.violations]) from None
+
+
+def status_of(exc: BaseException) -> status_pb2.Status:
+    """The google.rpc.Status a failure is answered with, for one RPC or for one item of a batch RPC:
+    DomainError -> its code with google.rpc details; a dependency's refusal passes on (status and details);
+    a dependency's other failures are UNAVAILABLE; a timeout is UNAVAILABLE (safe to retry); anything else is
+    a bug -> INTERNAL, logged."""
+    if isinstance(exc, DomainError):
+        return to_status(exc)
+    if isinstance(exc, grpc.aio.AioRpcError):
+        # A dependency refused. Its status (and its google.rpc details) is the most honest answer for what
+        # the caller sent; anything else from it is our problem, not the caller's.
+        code = exc.code()
+        if code in _PASS_THROUGH:
+            for key, value in exc.trailing_metadata() or ():
+                if key == DETAILS_KEY:
+                    passed = status_pb2.Status.FromString(value)
+                    if passed.code == code.value[0]:
+                        return passed
+            return status_pb2.Status(code=code.value[0], message=exc.details() or code.name)
+        _log.error("dependency call failed", code=code.name, details=exc.details())
+        return status_pb2.Status(code=code_pb2.UNAVAILABLE, message=f"dependency failed: {code.name}")
+    if isinstance(exc, TimeoutError):
+        return status_pb2.Status(code=code_pb2.UNAVAILABLE, message="timed out, safe to retry")
+    _log.error("unhandled error", request_id=reqctx.request_id(), exc_info=exc)
+    return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
 
 
 def _field_path(violation: Any) -> str:

@@ -17,6 +17,11 @@ from .db import Connection, Database
 _INSERT = text(
     "INSERT INTO outbox (subject, event_type, payload, request_id) VALUES (:subject, :type, :payload, :rid)"
 )
+_INSERT_MANY = text(
+    "INSERT INTO outbox (subject, event_type, payload, request_id) "
+    "SELECT e.s, e.t, e.p, e.r FROM unnest(CAST(:subjects AS text[]), CAST(:types AS text[]), "
+    "CAST(:payloads AS bytea[]), CAST(:rids AS text[])) WITH ORDINALITY AS e(s, t, p, r, n) ORDER BY e.n"
+)
 _CLAIM = text(
     """
     SELECT id, subject, event_type, payload, request_id,
@@ -56,6 +61,20 @@ async def add(conn: Connection, subject: str, event: Message) -> None:
         },
     )
     # The relay runs in this process: nudge it so the event leaves right after commit, not at the next poll.
+    asyncio.get_running_loop().call_soon(_wake.set)
+
+
+async def add_many(conn: Connection, events: list[tuple[str, Message]]) -> None:
+    """`add` for many events in one statement (batch handlers)."""
+    if not events:
+        return
+    rid = reqctx.request_id()
+    await conn.execute(_INSERT_MANY, {
+        "subjects": [subject for subject, _ in events],
+        "types": [event.DESCRIPTOR.full_name for _, event in events],
+        "payloads": [event.SerializeToString() for _, event in events],
+        "rids": [rid] * len(events),
+    })
     asyncio.get_running_loop().call_soon(_wake.set)
 
 

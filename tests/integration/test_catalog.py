@@ -6,7 +6,7 @@ import grpc
 import pytest
 from omo.catalog.v1 import catalog_pb2 as cat
 
-from ..support import bad_request_fields, error_info, key
+from ..support import bad_request_fields, error_info, error_info_of, key
 
 
 def test_create_brand_is_idempotent(clients):
@@ -74,3 +74,31 @@ def test_store_listings_page_through_listed_skus(clients, world):
             break
     assert len(seen) == len(set(seen)) >= 3
     assert seen == sorted(seen)
+
+
+def test_a_batch_of_quotes_answers_each_as_quote_prices_would(clients, world):
+    listed = world.new_sku(retail_fen=99_900, supply_fen=80_000, stock=0)
+    unlisted = world.new_sku(stock=0, listed=False)
+    store_id = world.store.store_id
+    requests = [
+        cat.QuotePricesRequest(store_id=store_id, sku_ids=[listed.sku_id]),
+        cat.QuotePricesRequest(store_id=store_id, sku_ids=[listed.sku_id, unlisted.sku_id]),
+        cat.QuotePricesRequest(store_id="str_nope", sku_ids=[listed.sku_id]),
+        cat.QuotePricesRequest(store_id=store_id, sku_ids=[]),  # breaks QuotePrices' own rules
+    ]
+    results = clients.catalog.BatchQuotePrices(cat.BatchQuotePricesRequest(requests=requests)).results
+    assert [r.WhichOneof("outcome") for r in results] == ["response", "error", "error", "error"]
+    assert results[0].response == clients.catalog.QuotePrices(requests[0])
+    for result, request in zip(results[1:], requests[1:], strict=True):
+        with pytest.raises(grpc.RpcError) as single:
+            clients.catalog.QuotePrices(request)
+        assert result.error.code == single.value.code().value[0]
+        assert result.error.message == single.value.details()
+    assert error_info_of(results[1].error).metadata["sku_id"] == unlisted.sku_id
+
+
+def test_an_empty_batch_is_invalid(clients):
+    with pytest.raises(grpc.RpcError) as err:
+        clients.catalog.BatchQuotePrices(cat.BatchQuotePricesRequest())
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(err.value) == ["requests"]

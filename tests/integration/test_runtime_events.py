@@ -57,6 +57,17 @@ async def _effect(conn, event: ReservationReleased, delivery: Delivery) -> None:
     )
 
 
+async def _effects_of_batch(conn, items: list[tuple[ReservationReleased, Delivery]]) -> None:
+    """The same effect, set-based: one statement for the whole batch (as the services' batch handlers do)."""
+    if any(event.reason == "poison" for event, _ in items):
+        raise RuntimeError("this message can never be handled")
+    await conn.execute(
+        text("INSERT INTO effects SELECT r, count(*) FROM unnest(CAST(:rs AS text[])) AS r GROUP BY r "
+             "ON CONFLICT (reservation_id) DO UPDATE SET times = effects.times + excluded.times"),
+        {"rs": [event.reservation_id for event, _ in items]},
+    )
+
+
 async def _effects(engine) -> dict[str, int]:
     async with engine.connect() as conn:
         return {r.reservation_id: r.times for r in (await conn.execute(text("SELECT * FROM effects"))).all()}
@@ -72,22 +83,32 @@ async def _until(predicate, timeout_s: float = 20.0):
     raise AssertionError("condition not reached in time")
 
 
-def _consumer(engine, js, subject: str, durable: str, max_deliver: int = 3) -> Consumer:
-    sub = Subscription(durable, "CATALOG", subject, ReservationReleased, _effect)
+@pytest.fixture(params=["per_message", "set_based"])
+def handling(request) -> str:
+    return request.param
+
+
+def _consumer(engine, js, subject: str, durable: str, max_deliver: int = 3, handling: str = "per_message") -> Consumer:
+    if handling == "set_based":
+        sub = Subscription(durable, "CATALOG", subject, ReservationReleased, batch_handler=_effects_of_batch)
+    else:
+        sub = Subscription(durable, "CATALOG", subject, ReservationReleased, _effect)
     return Consumer(engine, js, sub, batch=50, max_deliver=max_deliver, ack_wait_s=2)
 
 
-async def test_outbox_events_reach_the_consumer_exactly_once(probe):
+async def test_outbox_events_reach_the_consumer_exactly_once(probe, handling):
     engine, _, js = probe
     subject = f"catalog.probe.{uuid.uuid4().hex[:8]}"
     ids = [f"res-{i}-{uuid.uuid4().hex[:6]}" for i in range(60)]
     async with engine.begin() as conn:
-        for rid in ids:
+        for rid in ids[:30]:
             await outbox.add(conn, subject, ReservationReleased(reservation_id=rid, reason="ok"))
+        await outbox.add_many(conn, [(subject, ReservationReleased(reservation_id=rid, reason="ok"))
+                                     for rid in ids[30:]])
     relay = OutboxRelay(engine, js, SCHEMA, batch=25)
     while await relay.relay_once():
         pass
-    consumer = _consumer(engine, js, subject, f"probe-{uuid.uuid4().hex[:8]}")
+    consumer = _consumer(engine, js, subject, f"probe-{uuid.uuid4().hex[:8]}", handling=handling)
     task = asyncio.create_task(consumer.run())
     try:
         await _until(lambda: _has(engine, ids))
@@ -105,7 +126,7 @@ async def _has(engine, ids) -> bool:
     return all(rid in effects for rid in ids)
 
 
-async def test_a_redelivered_event_has_no_second_effect(probe):
+async def test_a_redelivered_event_has_no_second_effect(probe, handling):
     engine, _, js = probe
     subject = f"catalog.probe.{uuid.uuid4().hex[:8]}"
     rid = f"res-dup-{uuid.uuid4().hex[:6]}"
@@ -114,7 +135,7 @@ async def test_a_redelivered_event_has_no_second_effect(probe):
     for copy in range(3):  # the same event, three times, each past JetStream's own duplicate check
         await js.publish(subject, payload, headers={"Omo-Event-Id": event_id, "Nats-Msg-Id": f"{event_id}-{copy}",
                                                     "Omo-Event-Type": "omo.warehouse.v1.ReservationReleased"})
-    consumer = _consumer(engine, js, subject, f"probe-{uuid.uuid4().hex[:8]}")
+    consumer = _consumer(engine, js, subject, f"probe-{uuid.uuid4().hex[:8]}", handling=handling)
     task = asyncio.create_task(consumer.run())
     try:
         await _until(lambda: _has(engine, [rid]))
@@ -125,7 +146,7 @@ async def test_a_redelivered_event_has_no_second_effect(probe):
     assert (await _effects(engine))[rid] == 1
 
 
-async def test_a_poison_message_is_dead_lettered_and_does_not_block_the_rest(probe):
+async def test_a_poison_message_is_dead_lettered_and_does_not_block_the_rest(probe, handling):
     engine, _, js = probe
     subject = f"catalog.probe.{uuid.uuid4().hex[:8]}"
     durable = f"probe-{uuid.uuid4().hex[:8]}"
@@ -137,7 +158,7 @@ async def test_a_poison_message_is_dead_lettered_and_does_not_block_the_rest(pro
                                   "Omo-Event-Type": "omo.warehouse.v1.ReservationReleased"})
     dlq = await js.pull_subscribe(f"dlq.{durable}", stream="DLQ",
                                   config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
-    consumer = _consumer(engine, js, subject, durable, max_deliver=2)
+    consumer = _consumer(engine, js, subject, durable, max_deliver=2, handling=handling)
     task = asyncio.create_task(consumer.run())
     try:
         await _until(lambda: _has(engine, good))
