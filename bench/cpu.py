@@ -27,10 +27,12 @@ def _group(pid: int, cmdline: list[str]) -> str | None:
 
 
 def snapshot() -> dict[str, float]:
-    """CPU seconds (user + system) used so far by each group's live processes."""
+    """CPU seconds (user + system) used so far by each group's live processes: this process and its
+    descendants only (the stack it started), never another stack on the same machine."""
     totals: dict[str, float] = {}
     if not _PROC.exists():
         return totals
+    procs: dict[int, tuple[int, float, list[str]]] = {}
     for entry in _PROC.iterdir():
         if not entry.name.isdigit():
             continue
@@ -39,12 +41,21 @@ def snapshot() -> dict[str, float]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        group = _group(int(entry.name), [c.decode(errors="replace") for c in cmdline if c])
-        if group is None:
-            continue
-        # Fields after the command name (which may contain spaces): utime is the 14th field, stime the 15th.
+        # Fields after the command name (which may contain spaces): ppid is the 4th field, utime the 14th,
+        # stime the 15th.
         fields = stat.rsplit(")", 1)[1].split()
-        totals[group] = totals.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / _TICK
+        procs[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK,
+                                  [c.decode(errors="replace") for c in cmdline if c])
+    me = os.getpid()
+    for pid, (_, cpu, cmdline) in procs.items():
+        ancestor, hops = pid, 0
+        while ancestor not in (me, 0, 1) and ancestor in procs and hops < 16:
+            ancestor, hops = procs[ancestor][0], hops + 1
+        if ancestor != me:
+            continue
+        group = _group(pid, cmdline)
+        if group is not None:
+            totals[group] = totals.get(group, 0.0) + cpu
     return totals
 
 

@@ -1,6 +1,16 @@
-"""Scenario: many concurrent buyers place and pay orders through random store entries; every order is counted
-once it is fully settled — placed, paid, dispatched by the warehouse and split by settlement — as observed
-from the events the services publish."""
+"""Scenario: buyers place and pay orders through random store entries; every order is counted once it is
+fully settled — placed, paid, dispatched by the warehouse and split by settlement — as observed from the
+events the services publish.
+
+Two ways to load the suite:
+- closed loop (`buyers`): that many buyers, each placing its next order as soon as the last one is paid. It
+  finds the most orders per second the suite sustains; latency then includes the queue at saturation.
+- open loop (`rate`): orders arrive at a fixed rate whatever the suite does, as consumers do. This is how
+  latency at a given throughput is measured (a closed loop would slow its arrivals down when the suite slows).
+
+Figures are taken after a warm-up, over a steady window: orders settled per second during the window, and
+the latencies of the calls made in it. Every order paid must settle within the drain time afterwards
+(`orders_unsettled`)."""
 
 from __future__ import annotations
 
@@ -22,10 +32,14 @@ from services.cli.seed import DemoWorld
 from . import cpu
 from .stats import percentile
 
+# Open loop: beyond this many orders in flight the suite is not keeping up; further arrivals are counted as
+# shed instead of piling up without bound.
+MAX_IN_FLIGHT = 2000
+
 
 @dataclass
 class FlowStats:
-    place_ms: list[float] = field(default_factory=list)
+    place: list[tuple[float, float]] = field(default_factory=list)  # (started, ms)
     pay_ms: list[float] = field(default_factory=list)
     paid_at: dict[str, float] = field(default_factory=dict)
     dispatched_at: dict[str, float] = field(default_factory=dict)
@@ -35,9 +49,15 @@ class FlowStats:
     def settled(self) -> list[str]:
         return [o for o in self.paid_at if o in self.dispatched_at and o in self.split_at]
 
+    def settled_at(self, order_id: str) -> float:
+        return max(self.dispatched_at[order_id], self.split_at[order_id])
 
-async def run(orders_addr: str, nats_url: str, world: DemoWorld, *, duration_s: float, buyers: int,
-              drain_s: float = 30.0) -> dict:
+    def error(self, name: str) -> None:
+        self.errors[name] = self.errors.get(name, 0) + 1
+
+
+async def run(orders_addr: str, nats_url: str, world: DemoWorld, *, duration_s: float, buyers: int = 48,
+              rate: float | None = None, warmup_s: float = 2.0, drain_s: float = 30.0) -> dict:
     stats = FlowStats()
     nc = await nats.connect(nats_url)
 
@@ -54,62 +74,84 @@ async def run(orders_addr: str, nats_url: str, world: DemoWorld, *, duration_s: 
     channel = grpc.aio.insecure_channel(orders_addr)
     stub = orders_pb2_grpc.OrderServiceStub(channel)
     run_id = uuid.uuid4().hex[:8]
-    stop_at = time.monotonic() + duration_s
     started = time.monotonic()
-    cpu_before = cpu.snapshot()
+    window_start = started + warmup_s
+    stop_at = window_start + duration_s
+
+    async def order_once(n: int, i: int, rng: random.Random) -> None:
+        store = rng.choice(world.stores)
+        skus = rng.sample(world.skus, rng.choice((1, 1, 2)))
+        guide = f"guide-{n % 50}"
+        req = ords.PlaceOrderRequest(
+            idempotency_key=f"bench-{run_id}-{n}-{i}", store_id=store.store_id,
+            consumer_id=f"consumer-{n}", lines=[ords.OrderLineInput(sku_id=s.sku_id, quantity=1) for s in skus],
+            attribution=ords.Attribution(scene=f"qr:{guide}", store_id=store.store_id, guide_id=guide))
+        t0 = time.monotonic()
+        try:
+            order = (await stub.PlaceOrder(req, timeout=5)).order
+            t1 = time.monotonic()
+            stats.place.append((t0, (t1 - t0) * 1000))
+            await stub.RecordPayment(ords.RecordPaymentRequest(
+                provider_txn_id=f"wx-{run_id}-{n}-{i}", order_id=order.order_id, amount_fen=order.payable_fen),
+                timeout=5)
+            t2 = time.monotonic()
+            if t0 >= window_start:
+                stats.pay_ms.append((t2 - t1) * 1000)
+            stats.paid_at[order.order_id] = t2
+        except grpc.aio.AioRpcError as err:
+            stats.error(err.code().name)
 
     async def buyer(n: int) -> None:
-        rng = random.Random(n)
-        i = 0
+        rng, i = random.Random(n), 0
         while time.monotonic() < stop_at:
             i += 1
-            store = rng.choice(world.stores)
-            skus = rng.sample(world.skus, rng.choice((1, 1, 2)))
-            req = ords.PlaceOrderRequest(
-                idempotency_key=f"bench-{run_id}-{n}-{i}", store_id=store.store_id,
-                consumer_id=f"consumer-{n}", lines=[ords.OrderLineInput(sku_id=s.sku_id, quantity=1) for s in skus],
-                attribution=ords.Attribution(scene=f"qr:guide-{n % 50}", store_id=store.store_id,
-                                             guide_id=f"guide-{n % 50}"))
-            t0 = time.monotonic()
-            try:
-                order = (await stub.PlaceOrder(req, timeout=5)).order
-                t1 = time.monotonic()
-                stats.place_ms.append((t1 - t0) * 1000)
-                await stub.RecordPayment(ords.RecordPaymentRequest(
-                    provider_txn_id=f"wx-{run_id}-{n}-{i}", order_id=order.order_id, amount_fen=order.payable_fen),
-                    timeout=5)
-                t2 = time.monotonic()
-                stats.pay_ms.append((t2 - t1) * 1000)
-                stats.paid_at[order.order_id] = t2
-            except grpc.aio.AioRpcError as err:
-                stats.errors[err.code().name] = stats.errors.get(err.code().name, 0) + 1
+            await order_once(n, i, rng)
 
-    await asyncio.gather(*(buyer(n) for n in range(buyers)))
-    load_end = time.monotonic()
-    drain_deadline = load_end + drain_s
+    async def arrivals(per_s: float) -> None:
+        rng, in_flight, k = random.Random(7), set(), 0
+        while (due := started + k / per_s) < stop_at:
+            if (wait := due - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            k += 1
+            if len(in_flight) >= MAX_IN_FLIGHT:
+                stats.error("SHED")
+                continue
+            task = asyncio.create_task(order_once(k % 10_000, k, rng))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        await asyncio.gather(*in_flight)
+
+    cpu_before = cpu.snapshot()
+    if rate is None:
+        await asyncio.gather(*(buyer(n) for n in range(buyers)))
+    else:
+        await arrivals(rate)
+    drain_deadline = time.monotonic() + drain_s
     # Polled: completion is spread over two subscriptions' callbacks.
     while len(stats.settled()) < len(stats.paid_at) and time.monotonic() < drain_deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
     settled = stats.settled()
     cpu_after = cpu.snapshot()
-    last = max((max(stats.dispatched_at[o], stats.split_at[o]) for o in settled), default=load_end)
-    lags = [(max(stats.dispatched_at[o], stats.split_at[o]) - stats.paid_at[o]) * 1000 for o in settled]
     await channel.close()
     await nc.close()
-    elapsed = max(last, load_end) - started
+    in_window = [o for o in settled if window_start <= stats.settled_at(o) <= stop_at]
+    place_ms = [ms for t0, ms in stats.place if t0 >= window_start]
+    lags = [(stats.settled_at(o) - stats.paid_at[o]) * 1000 for o in settled if stats.paid_at[o] >= window_start]
     return {
-        "orders_per_s": round(len(settled) / elapsed, 1),
-        "orders_placed": len(stats.place_ms),
+        "orders_per_s": round(len(in_window) / duration_s, 1),
+        "orders_placed": len(stats.place),
         "orders_paid": len(stats.paid_at),
         "orders_settled": len(settled),
-        "place_p50_ms": round(percentile(stats.place_ms, 50), 2),
-        "place_p95_ms": round(percentile(stats.place_ms, 95), 2),
-        "place_p99_ms": round(percentile(stats.place_ms, 99), 2),
+        "orders_unsettled": len(stats.paid_at) - len(settled),
+        "place_p50_ms": round(percentile(place_ms, 50), 2),
+        "place_p95_ms": round(percentile(place_ms, 95), 2),
+        "place_p99_ms": round(percentile(place_ms, 99), 2),
         "pay_p99_ms": round(percentile(stats.pay_ms, 99), 2),
         "event_lag_p50_ms": round(percentile(lags, 50), 2),
         "event_lag_p99_ms": round(percentile(lags, 99), 2),
         "errors": stats.errors,
         "cpu_ms_per_order": cpu.per_unit_ms(cpu_before, cpu_after, len(settled)),
-        "buyers": buyers,
+        **({"offered_per_s": rate} if rate is not None else {"buyers": buyers}),
         "duration_s": duration_s,
+        "warmup_s": warmup_s,
     }

@@ -97,20 +97,22 @@ class OrderApi(orders_pb2_grpc.OrderServiceServicer):
         return pb.PlaceOrderResponse(order=order_pb(await self.placement.place(request)))
 
     async def RecordPayment(self, request: pb.RecordPaymentRequest, context) -> pb.RecordPaymentResponse:
-        # The order row lock serializes notifications for one order; a transaction id can pay one order only
-        # (payments key).
-        async with self.engine.begin() as conn:
-            order = await self.store.order(conn, request.order_id, lock=True)
-            if order is None:
-                raise NotFound("order", request.order_id)
-            if domain.is_repeated_notification(order, request.provider_txn_id, request.amount_fen):
-                return pb.RecordPaymentResponse(order=order_pb(order))
-            paid = domain.pay(order, request.provider_txn_id, request.amount_fen, timestamps.now())
-            await self.store.record_payment(conn, paid, request.amount_fen)
-            snapshot = order_pb(paid)
-            await outbox.add(conn, SUBJECT_ORDER_PAID, events_pb2.OrderPaid(
-                order=snapshot, provider_txn_id=paid.payment_txn_id, paid_at=timestamps.to_proto(paid.paid_at)))
-        return pb.RecordPaymentResponse(order=snapshot)
+        # Read, decide, then one conditional write: if a concurrent notification or a cancel changed the
+        # order in between, the write changes nothing and the order is read and judged again. A transaction
+        # id can pay one order only (payments key).
+        async with self.engine.connect() as conn:
+            while True:
+                order = await self.store.order(conn, request.order_id)
+                if order is None:
+                    raise NotFound("order", request.order_id)
+                if domain.is_repeated_notification(order, request.provider_txn_id, request.amount_fen):
+                    return pb.RecordPaymentResponse(order=order_pb(order))
+                paid = domain.pay(order, request.provider_txn_id, request.amount_fen, timestamps.now())
+                snapshot = order_pb(paid)
+                event = events_pb2.OrderPaid(order=snapshot, provider_txn_id=paid.payment_txn_id,
+                                             paid_at=timestamps.to_proto(paid.paid_at))
+                if await self.store.record_payment(conn, paid, request.amount_fen, SUBJECT_ORDER_PAID, event):
+                    return pb.RecordPaymentResponse(order=snapshot)
 
     async def GetOrder(self, request: pb.GetOrderRequest, context) -> pb.GetOrderResponse:
         async with self.engine.connect() as conn:

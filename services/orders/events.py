@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 from omo.warehouse.v1 import events_pb2 as wh_events
 
-from services.runtime.consumer import Delivery, Handler
+from services.runtime.consumer import BatchHandler, Delivery, Handler
 from services.runtime.db import Connection
 from services.runtime.errors import NotFound
 
@@ -31,18 +31,26 @@ def _when(stamp: Timestamp | None, delivery: Delivery) -> datetime:
     return datetime.fromtimestamp(delivery.created_ms / 1000, UTC)
 
 
-def on_shipment_dispatched(store: OrderStore) -> Handler:
+def on_shipments_dispatched(store: OrderStore) -> BatchHandler:
     """PAID -> DISPATCHED, or PARTIALLY_SHIPPED while other locations' shipments of a split order have not
-    left yet (then -> DISPATCHED with the last). A redelivered shipment finds the order already dispatched
-    with it and changes nothing (defence in depth behind the inbox); an order that is not paid fails the
-    message, which the consumer retries and finally dead-letters."""
+    left yet (then -> DISPATCHED with the last). A whole batch of shipments in three statements: the orders
+    locked at once, the rules applied in delivery order (several shipments of one order follow each other),
+    the changes written at once. A redelivered shipment finds the order already dispatched with it and
+    changes nothing (defence in depth behind the inbox); an order that is not paid fails the batch, which
+    the consumer then retries message by message, finally dead-lettering that one."""
 
-    async def handle(conn: Connection, event: wh_events.ShipmentDispatched, delivery: Delivery) -> None:
-        order = await _locked_order(conn, store, event.order_id)
-        at = _when(event.dispatched_at if event.HasField("dispatched_at") else None, delivery)
-        dispatched = domain.dispatch(order, event.shipment_id, at, event.order_fully_dispatched)
-        if dispatched is not None:
-            await store.record_dispatch(conn, dispatched)
+    async def handle(conn: Connection, items: list[tuple[wh_events.ShipmentDispatched, Delivery]]) -> None:
+        orders = await store.orders_locked(conn, [event.order_id for event, _ in items])
+        changed: dict[str, domain.Order] = {}
+        for event, delivery in items:
+            order = changed.get(event.order_id) or orders.get(event.order_id)
+            if order is None:
+                raise NotFound("order", event.order_id)
+            at = _when(event.dispatched_at if event.HasField("dispatched_at") else None, delivery)
+            dispatched = domain.dispatch(order, event.shipment_id, at, event.order_fully_dispatched)
+            if dispatched is not None:
+                changed[event.order_id] = dispatched
+        await store.record_dispatches(conn, list(changed.values()))
 
     return handle
 

@@ -21,7 +21,8 @@ from omo.orders.v1 import orders_pb2 as pb
 from omo.warehouse.v1 import warehouse_pb2 as wh
 from omo.warehouse.v1 import warehouse_pb2_grpc
 
-from services.runtime import timestamps
+from services.runtime import batch, timestamps
+from services.runtime.batch import Coalescer
 from services.runtime.db import Database
 from services.runtime.errors import InvalidArgument
 from services.runtime.idempotency import request_hash
@@ -69,6 +70,19 @@ class Placement:
         # The hold outlasts the payment window by a minute: the order sweeper cancels first and the cancel
         # releases the hold; the warehouse's own expiry is the backstop if that event were ever lost.
         self.hold_for = Duration(seconds=int(payment_window_s) + _HOLD_GRACE_S)
+        # Concurrent placements quote and reserve together: one batch RPC (and on the other side one
+        # statement) for all the orders that arrive while earlier batches are in flight.
+        self._quotes: Coalescer[cat.QuotePricesRequest, cat.QuotePricesResponse] = Coalescer(self._send_quotes)
+        self._holds: Coalescer[wh.ReserveStockRequest, wh.ReserveStockResponse] = Coalescer(self._send_holds)
+
+    async def _send_quotes(self, requests: list[cat.QuotePricesRequest], timeout_s: float) -> list[Any]:
+        reply = await self.catalog.BatchQuotePrices(cat.BatchQuotePricesRequest(requests=requests), timeout=timeout_s)
+        return batch.answers(reply.results)
+
+    async def _send_holds(self, requests: list[wh.ReserveStockRequest], timeout_s: float) -> list[Any]:
+        reply = await self.warehouse.BatchReserveStock(wh.BatchReserveStockRequest(requests=requests),
+                                                       timeout=timeout_s)
+        return batch.answers(reply.results)
 
     async def place(self, request: pb.PlaceOrderRequest) -> domain.Order:
         key = request.idempotency_key
@@ -115,7 +129,7 @@ class Placement:
     async def _quote(self, request: pb.PlaceOrderRequest) -> tuple[domain.StoreRef, dict[str, domain.Quote],
                                                                    domain.StoreRef | None]:
         """Prices at the store, and (only when the QR code credits another store) that store, concurrently."""
-        quoting = self.catalog.QuotePrices(
+        quoting = self._quotes.call(
             cat.QuotePricesRequest(store_id=request.store_id, sku_ids=[li.sku_id for li in request.lines]))
         credited_id = request.attribution.store_id
         if credited_id and credited_id != request.store_id:
@@ -149,7 +163,7 @@ class Placement:
         if route.deliver_to is not None:
             request.route.mode = _WAREHOUSE_MODES[route.mode]
             request.route.deliver_to.latitude, request.route.deliver_to.longitude = route.deliver_to
-        reply = await self.warehouse.ReserveStock(request)
+        reply = await self._holds.call(request)
         legs = reply.legs or [reply.reservation]
         return [(r.reservation_id, r.warehouse_id) for r in legs]
 

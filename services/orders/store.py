@@ -6,9 +6,12 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from google.protobuf.message import Message
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
-from services.runtime.db import Connection
+from services.runtime import outbox
+from services.runtime.db import Connection, is_unique_violation
 from services.runtime.errors import InvalidArgument
 
 from .domain import Attribution, Coupon, Fulfilment, Line, Order, Refund, Status
@@ -54,16 +57,31 @@ _SELECT_SQL = f"""
 """
 _SELECT = text(_SELECT_SQL)
 _SELECT_LOCKED = text(_SELECT_SQL + " FOR UPDATE OF o")
-_PAY = text("""
+# Many orders locked at once (event batches), in order_id order so that two batches cannot deadlock.
+_SELECT_MANY_LOCKED = text(_SELECT_SQL.replace("WHERE order_id = :id", "WHERE order_id = ANY(:ids)")
+                           + " ORDER BY o.order_id FOR UPDATE OF o")
+# What shipments did to many orders, in one statement; the WHERE repeats the states a shipment may follow.
+_DISPATCH_MANY = text("""
+    UPDATE orders o SET status = v.status, shipment_id = v.shipment_id, dispatched_at = v.at
+    FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), CAST(:shipments AS text[]),
+                CAST(:ats AS timestamptz[])) AS v(order_id, status, shipment_id, at)
+    WHERE o.order_id = v.order_id AND o.status IN ('PAID', 'PARTIALLY_SHIPPED', 'PARTIALLY_REFUNDED', 'REFUNDED')
+""")
+# PENDING_PAYMENT -> PAID, the notification kept and OrderPaid announced, in one statement (atomic by itself,
+# no BEGIN/COMMIT round trips). The WHERE repeats the state check against the newest row version; the
+# payments key refuses a transaction id another order recorded (the whole statement fails then).
+_PAY = text(f"""
     WITH paid AS (
         UPDATE orders SET status = 'PAID', payment_txn_id = :t, paid_at = :at
         WHERE order_id = :id AND status = 'PENDING_PAYMENT'
         RETURNING order_id
+    ), kept AS (
+        INSERT INTO payments (provider_txn_id, order_id, amount_fen, received_at)
+        SELECT :t, paid.order_id, :amount, :at FROM paid
+    ), announced AS (
+        {outbox.INSERT_ONE} FROM paid
     )
-    INSERT INTO payments (provider_txn_id, order_id, amount_fen, received_at)
-    SELECT :t, paid.order_id, :amount, :at FROM paid
-    ON CONFLICT (provider_txn_id) DO NOTHING
-    RETURNING 1
+    SELECT count(*) AS paid FROM paid
 """)
 _PRIOR = text("""
     SELECT order_id, request_hash, NULL AS code, NULL AS message, NULL AS status_details
@@ -158,25 +176,36 @@ class OrderStore:
         return bytes((await conn.execute(text("SELECT request_hash FROM orders WHERE order_id = :id"),
                                          {"id": order_id})).scalar_one())
 
-    async def record_payment(self, conn: Connection, paid: Order, amount_fen: int) -> None:
-        """Mark the (locked) order PAID and keep the notification, in one statement. The WHERE repeats the state
-        check in SQL; the payments key refuses a transaction id that another order recorded meanwhile (each
-        payment locks only its own order)."""
-        recorded = (await conn.execute(_PAY, {"t": paid.payment_txn_id, "at": paid.paid_at, "id": paid.order_id,
-                                              "amount": amount_fen})).first()
-        if recorded is None:
-            raise InvalidArgument.field("provider_txn_id", "was already recorded for another order")
+    async def record_payment(self, conn: Connection, paid: Order, amount_fen: int, subject: str,
+                             event: Message) -> bool:
+        """Mark the order PAID, keep the notification and queue `event`, in one statement. False (and nothing
+        written) if the order is no longer PENDING_PAYMENT: the caller reads it again and decides again."""
+        try:
+            row = (await conn.execute(_PAY, {"t": paid.payment_txn_id, "at": paid.paid_at, "id": paid.order_id,
+                                             "amount": amount_fen, **outbox.one(subject, event)})).one()
+        except IntegrityError as err:
+            if is_unique_violation(err) and getattr(err.orig, "constraint_name", "") == "payments_pkey":
+                raise InvalidArgument.field("provider_txn_id", "was already recorded for another order") from None
+            raise
+        if row.paid:
+            outbox.nudge()
+        return bool(row.paid)
 
-    async def record_dispatch(self, conn: Connection, dispatched: Order) -> None:
-        updated = await conn.execute(
-            text("UPDATE orders SET status = :to, shipment_id = :s, dispatched_at = :at "
-                 "WHERE order_id = :id AND status IN ('PAID', 'PARTIALLY_SHIPPED', 'PARTIALLY_REFUNDED', "
-                 "'REFUNDED')"),
-            {"to": str(dispatched.status), "s": dispatched.shipment_id, "at": dispatched.dispatched_at,
-             "id": dispatched.order_id},
-        )
-        if updated.rowcount != 1:
-            raise RuntimeError(f"order {dispatched.order_id} changed under its row lock")
+    async def orders_locked(self, conn: Connection, order_ids: list[str]) -> dict[str, Order]:
+        """Many orders with their lines, each row locked until the transaction ends."""
+        rows = (await conn.execute(_SELECT_MANY_LOCKED, {"ids": sorted(set(order_ids))})).all()
+        return {row.order_id: _order(row) for row in rows}
+
+    async def record_dispatches(self, conn: Connection, dispatched: list[Order]) -> None:
+        """The shipments' effect on many locked orders (one row each), in one statement."""
+        if not dispatched:
+            return
+        updated = await conn.execute(_DISPATCH_MANY, {
+            "ids": [o.order_id for o in dispatched], "statuses": [str(o.status) for o in dispatched],
+            "shipments": [o.shipment_id for o in dispatched], "ats": [o.dispatched_at for o in dispatched]})
+        if updated.rowcount != len(dispatched):
+            raise RuntimeError(f"{len(dispatched) - updated.rowcount} of {len(dispatched)} orders changed under "
+                               "their row locks")
 
     async def record_pickup_code(self, conn: Connection, order: Order) -> None:
         updated = await conn.execute(

@@ -41,7 +41,7 @@ async def wire(rt: Runtime) -> Wiring:
         servicers=[(orders_pb2_grpc.add_OrderServiceServicer_to_server, api, full_name)],
         subscriptions=[
             Subscription("orders-shipment-dispatched", "WAREHOUSE", "warehouse.shipment.dispatched",
-                         wh_events.ShipmentDispatched, events.on_shipment_dispatched(store)),
+                         wh_events.ShipmentDispatched, batch_handler=events.on_shipments_dispatched(store)),
             Subscription("orders-shipment-ready", "WAREHOUSE", "warehouse.shipment.ready_for_pickup",
                          wh_events.ShipmentReadyForPickup, events.on_ready_for_pickup(store)),
             Subscription("orders-shipment-delivered", "WAREHOUSE", "warehouse.shipment.delivered",

@@ -7,7 +7,7 @@ batch RPC (`BatchQuotePrices`, `BatchReserveStock`): one call, one message each 
 set-based statement where the store can do that.
 
 - `Coalescer` (client): `await coalescer.call(request)` looks like the single RPC. A call that finds the
-  line idle goes at once, alone; calls that arrive while batches are in flight wait and go together in the
+  line idle goes at once, alone; calls that arrive while a batch is in flight wait and go together in the
   next one. No timer, so an idle system adds no latency. Each item's failure comes back as the
   `grpc.aio.AioRpcError` the single RPC would have raised (code, message, google.rpc details).
 - `answer_each` (server): validates each item with its message's protovalidate rules, runs the single-item
@@ -112,7 +112,10 @@ Send = Callable[[list[Req], float], Awaitable[Sequence[Res | status_pb2.Status]]
 class Coalescer(Generic[Req, Res]):
     """Concurrent calls of one RPC to one peer, sent together through its batch RPC."""
 
-    def __init__(self, send: Send, *, max_batch: int = 128, in_flight: int = 2, default_timeout_s: float = 5.0):
+    def __init__(self, send: Send, *, max_batch: int = 128, in_flight: int = 1, default_timeout_s: float = 5.0):
+        # One batch in flight by default: everything that arrives meanwhile goes in the next one. Measured on
+        # the order path, two in flight halved the batch sizes and cost more CPU per order than it saved in
+        # waiting.
         self.send = send
         self.default_timeout_s = default_timeout_s
         self._batcher: Batcher[tuple[Req, float | None], Res] = Batcher(self._send, max_batch=max_batch,

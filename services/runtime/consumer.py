@@ -94,9 +94,23 @@ class Consumer:
         self.ack_wait_s = ack_wait_s
         self._stopping = asyncio.Event()
         self._psub: Any = None
+        # Metric children resolved once: these are touched for every message.
+        self._ok = self._labels("ok")
+        self._lag = metrics.EVENT_LAG.labels(metrics.SERVICE.name, sub.durable)
 
     def _labels(self, outcome: str) -> Any:
         return metrics.EVENTS_CONSUMED.labels(metrics.SERVICE.name, self.sub.durable, outcome)
+
+    def _observe(self, deliveries: list[Delivery | None]) -> None:
+        now_ms = time.time() * 1000
+        duplicates = sum(1 for d in deliveries if d is None)
+        if duplicates:
+            self._labels("duplicate").inc(duplicates)
+        if len(deliveries) > duplicates:
+            self._ok.inc(len(deliveries) - duplicates)
+        for d in deliveries:
+            if d is not None and d.created_ms:
+                self._lag.observe(max(0.0, (now_ms - d.created_ms) / 1000))
 
     async def _subscribe(self) -> None:
         config = ConsumerConfig(
@@ -217,18 +231,6 @@ class Consumer:
             assert self.sub.batch_handler is not None
             await self.sub.batch_handler(conn, new)
         return handled
-
-    def _observe(self, deliveries: list[Delivery | None]) -> None:
-        now_ms = time.time() * 1000
-        for d in deliveries:
-            if d is None:
-                self._labels("duplicate").inc()
-                continue
-            self._labels("ok").inc()
-            if d.created_ms:
-                metrics.EVENT_LAG.labels(metrics.SERVICE.name, self.sub.durable).observe(
-                    max(0.0, (now_ms - d.created_ms) / 1000)
-                )
 
     async def _handle_batch(self, msgs: list[Msg]) -> None:
         if len(msgs) > 1:

@@ -78,6 +78,24 @@ async def add_many(conn: Connection, events: list[tuple[str, Message]]) -> None:
     asyncio.get_running_loop().call_soon(_wake.set)
 
 
+# For a statement that announces its own change in the same breath: `WITH changed AS (UPDATE ... RETURNING
+# ...), announced AS (INSERT_ONE + " FROM changed") SELECT ...` writes the event only if the change happened,
+# in one round trip and without an explicit transaction. Parameters: `one(subject, event)`; after the
+# statement, `nudge()`.
+INSERT_ONE = ("INSERT INTO outbox (subject, event_type, payload, request_id) "
+              "SELECT :outbox_subject, :outbox_type, CAST(:outbox_payload AS bytea), :outbox_rid")
+
+
+def one(subject: str, event: Message) -> dict[str, object]:
+    return {"outbox_subject": subject, "outbox_type": event.DESCRIPTOR.full_name,
+            "outbox_payload": event.SerializeToString(), "outbox_rid": reqctx.request_id()}
+
+
+def nudge() -> None:
+    """Wake the relay: an event was committed outside `add`."""
+    asyncio.get_running_loop().call_soon(_wake.set)
+
+
 class OutboxRelay:
     def __init__(self, engine: Database, js: JetStreamContext, schema: str, batch: int = 500):
         self.engine = engine

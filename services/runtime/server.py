@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from . import bus, clients, config, db, log, metrics, migrate
 from .consumer import Consumer, Subscription
 from .db import Database
-from .interceptors import server_interceptors
+from .interceptors import RpcInterceptor
 from .outbox import OutboxRelay
 
 _log = log.get(__name__)
@@ -79,7 +79,6 @@ async def serve(name: str, wire: Wire) -> None:
     wiring = await wire(rt)
 
     server = grpc.aio.server(
-        interceptors=server_interceptors(),
         # A flash sale sends thousands of calls at once: the core would cancel calls queued past its default
         # pending limit (3,000) before the handlers ever see them; let them wait for a handler instead.
         options=[("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 1000),
@@ -87,11 +86,12 @@ async def serve(name: str, wire: Wire) -> None:
                  ("grpc.server.max_pending_requests_hard_limit", 20_000)],
         maximum_concurrent_rpcs=5000,
     )
+    rpcs = RpcInterceptor()
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    rpcs.register(health_pb2_grpc.add_HealthServicer_to_server, health_servicer, server)
     names = []
     for add, servicer, full_name in wiring.servicers:
-        add(servicer, server)
+        rpcs.register(add, servicer, server)
         names.append(full_name)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     bound = server.add_insecure_port(f"0.0.0.0:{settings.grpc_port}")

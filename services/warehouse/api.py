@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import protovalidate
 from omo.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from omo.warehouse.v1 import warehouse_pb2 as pb
 from omo.warehouse.v1 import warehouse_pb2_grpc
 from sqlalchemy.exc import DBAPIError
 
-from services.runtime import outbox, reqctx
+from services.runtime import batch, outbox, reqctx
 from services.runtime.db import Connection, Database, is_unique_violation, retry_conflicts
 from services.runtime.errors import AlreadyExists, NotFound, PermissionDenied, Unavailable
 from services.runtime.idempotency import request_hash, run_idempotent
@@ -57,6 +58,7 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
         self.catalog = catalog
         self.default_hold_s = default_hold_s
         self.batcher = ReserveBatcher(self.engine, store)
+        self._validator = protovalidate.Validator()
 
     async def CreateWarehouse(self, request: pb.CreateWarehouseRequest, context) -> pb.CreateWarehouseResponse:
         _require_brand_operator()
@@ -178,6 +180,12 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
             # before we could lock them: look again at the new levels.
         raise Unavailable("stock of this order is heavily contended, retry with the same idempotency key",
                           reason="CONTENDED")
+
+    async def BatchReserveStock(self, request: pb.BatchReserveStockRequest,
+                                context) -> pb.BatchReserveStockResponse:
+        answers = await batch.answer_each(self._validator, list(request.requests),
+                                          lambda r: self.ReserveStock(r, context))
+        return pb.BatchReserveStockResponse(results=[batch.outcome(pb.ReserveStockResult, a) for a in answers])
 
     async def _replay(self, request: pb.ReserveStockRequest, digest: bytes,
                       lines: tuple[domain.Line, ...]) -> pb.ReserveStockResponse | None:
