@@ -136,7 +136,11 @@ async def run(orders_addr: str, nats_url: str, world: DemoWorld, *, duration_s: 
     await nc.close()
     in_window = [o for o in settled if window_start <= stats.settled_at(o) <= stop_at]
     place_ms = [ms for t0, ms in stats.place if t0 >= window_start]
-    lags = [(stats.settled_at(o) - stats.paid_at[o]) * 1000 for o in settled if stats.paid_at[o] >= window_start]
+    measured = [o for o in settled if stats.paid_at[o] >= window_start]
+    lags = [(stats.settled_at(o) - stats.paid_at[o]) * 1000 for o in measured]
+    # Which of the two legs of the flow takes the time: the warehouse's dispatch or settlement's split.
+    dispatch_lags = [(stats.dispatched_at[o] - stats.paid_at[o]) * 1000 for o in measured]
+    split_lags = [(stats.split_at[o] - stats.paid_at[o]) * 1000 for o in measured]
     return {
         "orders_per_s": round(len(in_window) / duration_s, 1),
         "orders_placed": len(stats.place),
@@ -149,6 +153,8 @@ async def run(orders_addr: str, nats_url: str, world: DemoWorld, *, duration_s: 
         "pay_p99_ms": round(percentile(stats.pay_ms, 99), 2),
         "event_lag_p50_ms": round(percentile(lags, 50), 2),
         "event_lag_p99_ms": round(percentile(lags, 99), 2),
+        "dispatch_lag_p99_ms": round(percentile(dispatch_lags, 99), 2),
+        "split_lag_p99_ms": round(percentile(split_lags, 99), 2),
         "errors": stats.errors,
         "cpu_ms_per_order": cpu.per_unit_ms(cpu_before, cpu_after, len(settled)),
         **({"offered_per_s": rate} if rate is not None else {"buyers": buyers}),

@@ -79,9 +79,10 @@ _PAY = text(f"""
         INSERT INTO payments (provider_txn_id, order_id, amount_fen, received_at)
         SELECT :t, paid.order_id, :amount, :at FROM paid
     ), announced AS (
-        {outbox.INSERT_ONE} FROM paid
+        {outbox.Announcement.INSERT_ONE} FROM paid{outbox.Announcement.RETURNING}
     )
-    SELECT count(*) AS paid FROM paid
+    SELECT (SELECT count(*) FROM paid) AS paid, (SELECT outbox_id FROM announced) AS outbox_id,
+           (SELECT outbox_created_ms FROM announced) AS outbox_created_ms
 """)
 _PRIOR = text("""
     SELECT order_id, request_hash, NULL AS code, NULL AS message, NULL AS status_details
@@ -180,15 +181,15 @@ class OrderStore:
                              event: Message) -> bool:
         """Mark the order PAID, keep the notification and queue `event`, in one statement. False (and nothing
         written) if the order is no longer PENDING_PAYMENT: the caller reads it again and decides again."""
+        announcement = outbox.Announcement(subject, event)
         try:
             row = (await conn.execute(_PAY, {"t": paid.payment_txn_id, "at": paid.paid_at, "id": paid.order_id,
-                                             "amount": amount_fen, **outbox.one(subject, event)})).one()
+                                             "amount": amount_fen, **announcement.params})).one()
         except IntegrityError as err:
             if is_unique_violation(err) and getattr(err.orig, "constraint_name", "") == "payments_pkey":
                 raise InvalidArgument.field("provider_txn_id", "was already recorded for another order") from None
             raise
-        if row.paid:
-            outbox.nudge()
+        announcement.written(row.outbox_id, row.outbox_created_ms)
         return bool(row.paid)
 
     async def orders_locked(self, conn: Connection, order_ids: list[str]) -> dict[str, Order]:

@@ -14,16 +14,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import nats.errors
+import nats.js.errors
 from google.protobuf.message import DecodeError, Message
+from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy import text
 
 from . import log, metrics
 from .db import Connection, Database
 from .outbox import HEADER_CREATED_MS, HEADER_EVENT_ID, HEADER_TYPE
+from .pull import Pull
 
 Handler = Callable[[Connection, Any, "Delivery"], Awaitable[None]]
 # A set-based handler: every newly claimed message of a batch at once, in delivery order.
@@ -79,7 +80,7 @@ class Consumer:
     def __init__(
         self,
         engine: Database,
-        js: JetStreamContext,
+        nc: Client,
         sub: Subscription,
         *,
         batch: int = 200,
@@ -87,7 +88,8 @@ class Consumer:
         ack_wait_s: float = 30.0,
     ):
         self.engine = engine
-        self.js = js
+        self.nc = nc
+        self.js = nc.jetstream(timeout=5.0)
         self.sub = sub
         self.batch = min(batch, sub.max_batch or batch)
         self.max_deliver = max_deliver
@@ -123,9 +125,13 @@ class Consumer:
             max_ack_pending=20_000,
             filter_subject=self.sub.subject,
         )
-        self._psub = await self.js.pull_subscribe(
-            self.sub.subject, durable=self.sub.durable, stream=self.sub.stream, config=config
-        )
+        try:
+            await self.js.consumer_info(self.sub.stream, self.sub.durable)
+        except nats.js.errors.NotFoundError:
+            await self.js.add_consumer(self.sub.stream, config)
+        pull = Pull(self.nc, self.sub.stream, self.sub.durable, batch=self.batch)
+        await pull.start()
+        self._psub = pull
 
     async def run(self) -> None:
         last_lag = 0.0
@@ -133,16 +139,13 @@ class Consumer:
             try:
                 if self._psub is None:
                     await self._subscribe()
-                try:
-                    msgs = await self._psub.fetch(self.batch, timeout=1.0)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    msgs = []
+                msgs = await self._psub.take(timeout_s=1.0)
                 if msgs:
                     await self._handle_batch(msgs)
                 now = time.monotonic()
                 if now - last_lag > 2.0:
                     last_lag = now
-                    info = await self._psub.consumer_info()
+                    info = await self.js.consumer_info(self.sub.stream, self.sub.durable)
                     metrics.CONSUMER_LAG.labels(metrics.SERVICE.name, self.sub.durable).set(
                         info.num_pending + info.num_ack_pending
                     )
@@ -153,6 +156,11 @@ class Consumer:
                 if self._stopping.is_set():
                     break
                 _log.warning("consumer loop error", consumer=self.sub.durable, error=repr(exc))
+                if self._psub is not None:
+                    try:
+                        await self._psub.stop()
+                    except Exception:
+                        pass
                 self._psub = None
                 await asyncio.sleep(1.0)
 
@@ -161,7 +169,7 @@ class Consumer:
         # Without this a NATS drain waits for the pull subscription's queue, which nothing empties any more.
         if self._psub is not None:
             try:
-                await self._psub.unsubscribe()
+                await self._psub.stop()
             except Exception as exc:
                 _log.info("consumer unsubscribe failed", consumer=self.sub.durable, error=repr(exc))
 

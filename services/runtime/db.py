@@ -92,10 +92,21 @@ def _translated(err: asyncpg.PostgresError, sql: str, params: Any) -> DBAPIError
 class Connection:
     """One pooled connection; `execute` runs one statement."""
 
-    __slots__ = ("raw",)
+    __slots__ = ("_committed", "raw")
 
-    def __init__(self, raw: asyncpg.Connection):
+    def __init__(self, raw: asyncpg.Connection, *, in_transaction: bool = False):
         self.raw = raw
+        # Callbacks for when what this connection wrote is committed: None outside a transaction, where every
+        # statement commits by itself.
+        self._committed: list[Callable[[], None]] | None = [] if in_transaction else None
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the writes so far are committed: at the end of the transaction (never, if it
+        rolls back), or at once outside one."""
+        if self._committed is None:
+            callback()
+        else:
+            self._committed.append(callback)
 
     async def execute(self, statement: TextClause | str, params: Mapping[str, Any] | None = None) -> Result:
         sql, names = _compile(statement.text if isinstance(statement, TextClause) else statement)
@@ -164,8 +175,12 @@ class Database:
     @asynccontextmanager
     async def begin(self, *, isolation: str = "read_committed", readonly: bool = False) -> AsyncIterator[Connection]:
         """A transaction; `isolation="repeatable_read", readonly=True` reads many statements from one snapshot."""
-        async with (await self.pool()).acquire() as raw, raw.transaction(isolation=isolation, readonly=readonly):
-            yield Connection(raw)
+        async with (await self.pool()).acquire() as raw:
+            conn = Connection(raw, in_transaction=True)
+            async with raw.transaction(isolation=isolation, readonly=readonly):
+                yield conn
+            for callback in conn._committed or ():
+                callback()
 
     async def dispose(self) -> None:
         if self._pool is not None:

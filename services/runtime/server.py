@@ -101,7 +101,7 @@ async def serve(name: str, wire: Wire) -> None:
 
     relay = OutboxRelay(engine, js, name, batch=settings.outbox_batch)
     consumers = [
-        Consumer(engine, js, sub, batch=settings.consumer_batch, max_deliver=settings.max_deliver)
+        Consumer(engine, nc, sub, batch=settings.consumer_batch, max_deliver=settings.max_deliver)
         for sub in wiring.subscriptions
     ]
     tasks = [asyncio.create_task(relay.run(), name="outbox-relay")]

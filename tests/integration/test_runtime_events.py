@@ -88,16 +88,16 @@ def handling(request) -> str:
     return request.param
 
 
-def _consumer(engine, js, subject: str, durable: str, max_deliver: int = 3, handling: str = "per_message") -> Consumer:
+def _consumer(engine, nc, subject: str, durable: str, max_deliver: int = 3, handling: str = "per_message") -> Consumer:
     if handling == "set_based":
         sub = Subscription(durable, "CATALOG", subject, ReservationReleased, batch_handler=_effects_of_batch)
     else:
         sub = Subscription(durable, "CATALOG", subject, ReservationReleased, _effect)
-    return Consumer(engine, js, sub, batch=50, max_deliver=max_deliver, ack_wait_s=2)
+    return Consumer(engine, nc, sub, batch=50, max_deliver=max_deliver, ack_wait_s=2)
 
 
 async def test_outbox_events_reach_the_consumer_exactly_once(probe, handling):
-    engine, _, js = probe
+    engine, nc, js = probe
     subject = f"catalog.probe.{uuid.uuid4().hex[:8]}"
     ids = [f"res-{i}-{uuid.uuid4().hex[:6]}" for i in range(60)]
     async with engine.begin() as conn:
@@ -108,7 +108,7 @@ async def test_outbox_events_reach_the_consumer_exactly_once(probe, handling):
     relay = OutboxRelay(engine, js, SCHEMA, batch=25)
     while await relay.relay_once():
         pass
-    consumer = _consumer(engine, js, subject, f"probe-{uuid.uuid4().hex[:8]}", handling=handling)
+    consumer = _consumer(engine, nc, subject, f"probe-{uuid.uuid4().hex[:8]}", handling=handling)
     task = asyncio.create_task(consumer.run())
     try:
         await _until(lambda: _has(engine, ids))
@@ -127,7 +127,7 @@ async def _has(engine, ids) -> bool:
 
 
 async def test_a_redelivered_event_has_no_second_effect(probe, handling):
-    engine, _, js = probe
+    engine, nc, js = probe
     subject = f"catalog.probe.{uuid.uuid4().hex[:8]}"
     rid = f"res-dup-{uuid.uuid4().hex[:6]}"
     payload = ReservationReleased(reservation_id=rid, reason="ok").SerializeToString()
@@ -135,7 +135,7 @@ async def test_a_redelivered_event_has_no_second_effect(probe, handling):
     for copy in range(3):  # the same event, three times, each past JetStream's own duplicate check
         await js.publish(subject, payload, headers={"Omo-Event-Id": event_id, "Nats-Msg-Id": f"{event_id}-{copy}",
                                                     "Omo-Event-Type": "omo.warehouse.v1.ReservationReleased"})
-    consumer = _consumer(engine, js, subject, f"probe-{uuid.uuid4().hex[:8]}", handling=handling)
+    consumer = _consumer(engine, nc, subject, f"probe-{uuid.uuid4().hex[:8]}", handling=handling)
     task = asyncio.create_task(consumer.run())
     try:
         await _until(lambda: _has(engine, [rid]))
@@ -147,7 +147,7 @@ async def test_a_redelivered_event_has_no_second_effect(probe, handling):
 
 
 async def test_a_poison_message_is_dead_lettered_and_does_not_block_the_rest(probe, handling):
-    engine, _, js = probe
+    engine, nc, js = probe
     subject = f"catalog.probe.{uuid.uuid4().hex[:8]}"
     durable = f"probe-{uuid.uuid4().hex[:8]}"
     good = [f"res-good-{i}-{uuid.uuid4().hex[:6]}" for i in range(5)]
@@ -158,7 +158,7 @@ async def test_a_poison_message_is_dead_lettered_and_does_not_block_the_rest(pro
                                   "Omo-Event-Type": "omo.warehouse.v1.ReservationReleased"})
     dlq = await js.pull_subscribe(f"dlq.{durable}", stream="DLQ",
                                   config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
-    consumer = _consumer(engine, js, subject, durable, max_deliver=2, handling=handling)
+    consumer = _consumer(engine, nc, subject, durable, max_deliver=2, handling=handling)
     task = asyncio.create_task(consumer.run())
     try:
         await _until(lambda: _has(engine, good))
@@ -173,9 +173,9 @@ async def test_a_poison_message_is_dead_lettered_and_does_not_block_the_rest(pro
 
 
 async def test_events_published_while_nats_restarts_are_still_handled(probe, stack):
-    engine, _, js = probe
+    engine, nc, js = probe
     subject = f"catalog.probe.{uuid.uuid4().hex[:8]}"
-    consumer = _consumer(engine, js, subject, f"probe-{uuid.uuid4().hex[:8]}")
+    consumer = _consumer(engine, nc, subject, f"probe-{uuid.uuid4().hex[:8]}")
     task = asyncio.create_task(consumer.run())
     before, after = f"res-before-{uuid.uuid4().hex[:6]}", f"res-after-{uuid.uuid4().hex[:6]}"
     relay = OutboxRelay(engine, js, SCHEMA)
@@ -200,3 +200,39 @@ async def test_events_published_while_nats_restarts_are_still_handled(probe, sta
         await consumer.stop()
         await task
     assert (await _effects(engine))[after] == 1
+
+
+async def test_committed_events_leave_at_once_and_rolled_back_ones_never(probe):
+    """The direct path: the running relay publishes rows as soon as their transaction commits (no sweep
+    needed) and deletes them; a rolled-back transaction's events are never handed over."""
+    engine, nc, js = probe
+    subject = f"catalog.probe.{uuid.uuid4().hex[:8]}"
+    kept, dropped = f"res-kept-{uuid.uuid4().hex[:6]}", f"res-dropped-{uuid.uuid4().hex[:6]}"
+    relay = OutboxRelay(engine, js, SCHEMA)
+    relay.sweep_s = 3600.0  # only the direct path can deliver within this test
+    relay_task = asyncio.create_task(relay.run())
+    consumer = _consumer(engine, nc, subject, f"probe-{uuid.uuid4().hex[:8]}")
+    task = asyncio.create_task(consumer.run())
+    try:
+        await asyncio.sleep(0.2)
+        with pytest.raises(RuntimeError):
+            async with engine.begin() as conn:
+                await outbox.add(conn, subject, ReservationReleased(reservation_id=dropped, reason="ok"))
+                raise RuntimeError("the change is abandoned")
+        async with engine.begin() as conn:
+            await outbox.add(conn, subject, ReservationReleased(reservation_id=kept, reason="ok"))
+        await _until(lambda: _has(engine, [kept]), timeout_s=10)
+
+        async def outbox_empty() -> bool:
+            async with engine.connect() as conn:
+                return (await conn.execute(text("SELECT count(*) FROM outbox"))).scalar_one() == 0
+
+        await _until(outbox_empty, timeout_s=10)
+        await asyncio.sleep(0.5)
+    finally:
+        await consumer.stop()
+        await task
+        await relay.stop()
+        relay_task.cancel()
+        await asyncio.gather(relay_task, return_exceptions=True)
+    assert dropped not in await _effects(engine)
