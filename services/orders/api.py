@@ -15,6 +15,7 @@ from services.runtime.idempotency import request_hash, run_idempotent
 
 from . import domain
 from .placement import Placement
+from .recent import UnpaidOrders
 from .store import OrderStore
 
 SUBJECT_ORDER_PAID = "orders.order.paid"
@@ -92,17 +93,21 @@ class OrderApi(orders_pb2_grpc.OrderServiceServicer):
         self.engine = engine
         self.store = store
         self.placement = placement
+        self.unpaid = UnpaidOrders()
 
     async def PlaceOrder(self, request: pb.PlaceOrderRequest, context) -> pb.PlaceOrderResponse:
-        return pb.PlaceOrderResponse(order=order_pb(await self.placement.place(request)))
+        order = await self.placement.place(request)
+        self.unpaid.placed(order)
+        return pb.PlaceOrderResponse(order=order_pb(order))
 
     async def RecordPayment(self, request: pb.RecordPaymentRequest, context) -> pb.RecordPaymentResponse:
         # Read, decide, then one conditional write: if a concurrent notification or a cancel changed the
         # order in between, the write changes nothing and the order is read and judged again. A transaction
         # id can pay one order only (payments key).
+        cached = self.unpaid.take(request.order_id)
         async with self.engine.connect() as conn:
             while True:
-                order = await self.store.order(conn, request.order_id)
+                order, cached = cached or await self.store.order(conn, request.order_id), None
                 if order is None:
                     raise NotFound("order", request.order_id)
                 if domain.is_repeated_notification(order, request.provider_txn_id, request.amount_fen):

@@ -326,3 +326,26 @@ def test_a_delivered_order_completes_when_its_after_sales_window_closes(stack, c
 
 def refund_total(order: pb.Order) -> int:
     return sum(line.refunded_fen for line in order.lines)
+
+
+def test_a_cancelled_order_cannot_be_paid_and_a_paid_one_cannot_be_paid_by_another_transaction(clients, world):
+    """RecordPayment judges the order as it is in the database, even right after placing it (when the order
+    service still holds the placed order in memory)."""
+    sku = world.new_sku(stock=5)
+    order = clients.orders.PlaceOrder(place_request(world, [(sku, 1)])).order
+    cancel(clients, order.order_id)
+    with pytest.raises(grpc.RpcError) as err:
+        pay(clients, order)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert get(clients, order.order_id).status == pb.ORDER_STATUS_CANCELLED
+
+    second = clients.orders.PlaceOrder(place_request(world, [(sku, 1)])).order
+    txn = f"wx-{key()}"
+    paid = clients.orders.RecordPayment(pb.RecordPaymentRequest(
+        provider_txn_id=txn, order_id=second.order_id, amount_fen=second.payable_fen)).order
+    again = clients.orders.RecordPayment(pb.RecordPaymentRequest(
+        provider_txn_id=txn, order_id=second.order_id, amount_fen=second.payable_fen)).order
+    assert (paid.status, again.paid_at) == (pb.ORDER_STATUS_PAID, paid.paid_at)
+    with pytest.raises(grpc.RpcError) as err:
+        pay(clients, second)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
