@@ -178,8 +178,8 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
                 reservation = domain.Reservation(reservation_id, request.order_id, result.warehouse_id,
                                                  domain.ReservationStatus.RESERVED, lines, result.created_at,
                                                  expires_at=result.expires_at)
-                return pb.ReserveStockResponse(reservation=reservation_pb(reservation),
-                                               legs=[reservation_pb(reservation)])
+                held_pb = reservation_pb(reservation)
+                return pb.ReserveStockResponse(reservation=held_pb, legs=[held_pb])
             if not routed:
                 # Refused on the locked rows' levels: nothing covers the order.
                 raise domain.shortage(result.available, lines)

@@ -27,6 +27,8 @@ depends_on = None
 #      its SKU's rows through the range `first_row..last_row` (the rows are sorted by SKU), so a call costs
 #      its lines times its SKUs' locations, never the whole batch's rows;
 #   4. write the stock levels (one UPDATE per row), the reservations, their lines and their movements.
+# Steps 1-2 and step 4 are one SQL statement each (with the final SELECT, three per batch), since every
+# statement inside the function costs its own executor start-up whatever the batch's size.
 # A refused call comes back with the availability it was refused on (its candidates' rows at its turn).
 # The caller never puts two calls for one key or order in a batch; a unique-key race with a concurrent
 # statement fails the whole batch, and the caller then runs its calls one by one (batching.py).
@@ -36,7 +38,12 @@ CREATE FUNCTION reserve_calls(p_rids text[], p_order_ids text[], p_keys text[], 
                               p_line_calls integer[], p_skus text[], p_qtys bigint[])
 RETURNS TABLE (ord integer, prior boolean, warehouse_id text, created_at timestamptz, expires_at timestamptz,
                level_warehouses text[], level_skus text[], level_available bigint[])
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Every statement here takes arrays whose length the planner only knows per call: left to itself it plans
+-- them again for every call (measured: more than half the function's cost for a batch of one), and their
+-- plans do not depend on the lengths.
+SET plan_cache_mode = force_generic_plan
+AS $$
 #variable_conflict use_column
 DECLARE
     v_calls integer := coalesce(cardinality(p_rids), 0);
@@ -67,32 +74,38 @@ DECLARE
     v_w text;
     v_fits boolean;
 BEGIN
-    SELECT array_agg(EXISTS (SELECT 1 FROM reservations r WHERE r.idempotency_key = t.k OR r.order_id = t.o)
-                     ORDER BY t.i)
-    INTO v_had FROM unnest(p_keys, p_order_ids) WITH ORDINALITY AS t(k, o, i);
-
-    SELECT coalesce(array_agg(x.warehouse_id ORDER BY x.sku_id, x.warehouse_id), '{}'),
-           coalesce(array_agg(x.sku_id ORDER BY x.sku_id, x.warehouse_id), '{}'),
-           coalesce(array_agg(x.free ORDER BY x.sku_id, x.warehouse_id), '{}'),
-           coalesce(array_agg(x.cloud ORDER BY x.sku_id, x.warehouse_id), '{}')
-    INTO v_row_w, v_row_sku, v_row_free, v_row_cloud
-    FROM (SELECT s.warehouse_id, s.sku_id, s.on_hand - s.reserved AS free, h.kind = 'CLOUD' AS cloud
-          FROM stock s JOIN warehouses h ON h.warehouse_id = s.warehouse_id
-          WHERE (h.kind = 'CLOUD' AND s.sku_id IN (
-                    SELECT l.sku FROM unnest(p_line_calls, p_skus) AS l(c, sku)
-                    WHERE p_warehouses[l.c] IS NULL AND NOT v_had[l.c]))
-             OR (s.warehouse_id, s.sku_id) IN (
-                    SELECT p_warehouses[l.c], l.sku FROM unnest(p_line_calls, p_skus) AS l(c, sku)
-                    WHERE p_warehouses[l.c] IS NOT NULL AND NOT v_had[l.c])
-          ORDER BY s.sku_id, s.warehouse_id
-          FOR UPDATE OF s) x;
-
-    SELECT coalesce(array_agg(coalesce(f.lo, 1) ORDER BY l.n), '{}'),
-           coalesce(array_agg(coalesce(f.hi, 0) ORDER BY l.n), '{}')
-    INTO v_first, v_last
-    FROM unnest(p_skus) WITH ORDINALITY AS l(sku, n)
-    LEFT JOIN (SELECT x.sku, min(x.i) AS lo, max(x.i) AS hi
-               FROM unnest(v_row_sku) WITH ORDINALITY AS x(sku, i) GROUP BY x.sku) f ON f.sku = l.sku;
+    WITH calls AS (
+        SELECT t.i, EXISTS (SELECT 1 FROM reservations r WHERE r.idempotency_key = t.k OR r.order_id = t.o) AS had
+        FROM unnest(p_keys, p_order_ids) WITH ORDINALITY AS t(k, o, i)
+    ),
+    wanted AS (
+        SELECT p_warehouses[l.c] AS w, l.sku FROM unnest(p_line_calls, p_skus) AS l(c, sku)
+        JOIN calls ON calls.i = l.c WHERE NOT calls.had
+    ),
+    locked AS MATERIALIZED (
+        SELECT s.warehouse_id, s.sku_id, s.on_hand - s.reserved AS free, h.kind = 'CLOUD' AS cloud
+        FROM stock s JOIN warehouses h ON h.warehouse_id = s.warehouse_id
+        WHERE (h.kind = 'CLOUD' AND s.sku_id IN (SELECT wanted.sku FROM wanted WHERE wanted.w IS NULL))
+           OR (s.warehouse_id, s.sku_id) IN (SELECT wanted.w, wanted.sku FROM wanted WHERE wanted.w IS NOT NULL)
+        ORDER BY s.sku_id, s.warehouse_id
+        FOR UPDATE OF s
+    ),
+    numbered AS (
+        SELECT k.*, row_number() OVER (ORDER BY k.sku_id, k.warehouse_id) AS i FROM locked k
+    ),
+    ranges AS (
+        SELECT n.sku_id, min(n.i) AS lo, max(n.i) AS hi FROM numbered n GROUP BY n.sku_id
+    )
+    SELECT (SELECT array_agg(c.had ORDER BY c.i) FROM calls c),
+           (SELECT coalesce(array_agg(n.warehouse_id ORDER BY n.i), '{}') FROM numbered n),
+           (SELECT coalesce(array_agg(n.sku_id ORDER BY n.i), '{}') FROM numbered n),
+           (SELECT coalesce(array_agg(n.free ORDER BY n.i), '{}') FROM numbered n),
+           (SELECT coalesce(array_agg(n.cloud ORDER BY n.i), '{}') FROM numbered n),
+           (SELECT coalesce(array_agg(coalesce(r.lo, 1) ORDER BY l.n), '{}')
+            FROM unnest(p_skus) WITH ORDINALITY AS l(sku, n) LEFT JOIN ranges r ON r.sku_id = l.sku),
+           (SELECT coalesce(array_agg(coalesce(r.hi, 0) ORDER BY l.n), '{}')
+            FROM unnest(p_skus) WITH ORDINALITY AS l(sku, n) LEFT JOIN ranges r ON r.sku_id = l.sku)
+    INTO v_had, v_row_w, v_row_sku, v_row_free, v_row_cloud, v_first, v_last;
 
     FOR c IN 1 .. v_calls LOOP
         v_lo := v_next;
@@ -148,22 +161,29 @@ BEGIN
     END LOOP;
 
     IF v_held > 0 THEN
-        UPDATE stock s SET reserved = s.reserved + t.q, updated_at = now()
-        FROM (SELECT l.w, l.sku, sum(l.q) AS q FROM unnest(v_line_w, p_skus, p_qtys) AS l(w, sku, q)
-              WHERE l.w IS NOT NULL GROUP BY l.w, l.sku) t
-        WHERE s.warehouse_id = t.w AND s.sku_id = t.sku;
-        INSERT INTO reservations (reservation_id, order_id, warehouse_id, status, idempotency_key, request_hash,
-                                  created_at, expires_at)
-        SELECT p_rids[k], p_order_ids[k], v_chosen[k], 'RESERVED', p_keys[k], p_hashes[k], v_at,
-               v_at + make_interval(secs => p_hold_s[k])
-        FROM generate_series(1, v_calls) AS k WHERE v_chosen[k] IS NOT NULL ORDER BY k;
-        INSERT INTO reservation_lines (reservation_id, sku_id, quantity)
-        SELECT p_rids[l.c], l.sku, l.q FROM unnest(p_line_calls, v_line_w, p_skus, p_qtys) AS l(c, w, sku, q)
-        WHERE l.w IS NOT NULL;
+        WITH held AS (
+            SELECT l.c, l.w, l.sku, l.q, l.n
+            FROM unnest(p_line_calls, v_line_w, p_skus, p_qtys) WITH ORDINALITY AS l(c, w, sku, q, n)
+            WHERE l.w IS NOT NULL
+        ),
+        levels AS (
+            UPDATE stock s SET reserved = s.reserved + t.q, updated_at = now()
+            FROM (SELECT h.w, h.sku, sum(h.q) AS q FROM held h GROUP BY h.w, h.sku) t
+            WHERE s.warehouse_id = t.w AND s.sku_id = t.sku
+        ),
+        made AS (
+            INSERT INTO reservations (reservation_id, order_id, warehouse_id, status, idempotency_key, request_hash,
+                                      created_at, expires_at)
+            SELECT p_rids[k], p_order_ids[k], v_chosen[k], 'RESERVED', p_keys[k], p_hashes[k], v_at,
+                   v_at + make_interval(secs => p_hold_s[k])
+            FROM generate_series(1, v_calls) AS k WHERE v_chosen[k] IS NOT NULL ORDER BY k
+        ),
+        made_lines AS (
+            INSERT INTO reservation_lines (reservation_id, sku_id, quantity)
+            SELECT p_rids[h.c], h.sku, h.q FROM held h
+        )
         INSERT INTO movements (warehouse_id, sku_id, on_hand_delta, reserved_delta, reason, reference_id)
-        SELECT l.w, l.sku, 0, l.q, 'reservation', p_rids[l.c]
-        FROM unnest(p_line_calls, v_line_w, p_skus, p_qtys) WITH ORDINALITY AS l(c, w, sku, q, n)
-        WHERE l.w IS NOT NULL ORDER BY l.n;
+        SELECT h.w, h.sku, 0, h.q, 'reservation', p_rids[h.c] FROM held h ORDER BY h.n;
     END IF;
 
     RETURN QUERY
