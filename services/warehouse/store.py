@@ -481,9 +481,12 @@ class WarehouseStore:
         (leg i gets rids[i]), the stock rows of every leg locked in (sku_id, warehouse_id) order and
         re-checked on their newest versions. Nothing is written if a prior reservation has the key or the
         order (prior) or a leg's units went to a concurrent call (neither prior nor legs: look again)."""
-        prior = (await conn.execute(text("SELECT 1 FROM reservations WHERE idempotency_key = :k OR order_id = :o "
-                                         "LIMIT 1"), {"k": call.key, "o": call.order_id})).first()
-        if prior is not None:
+        # Two single-index probes: a cached plan for an OR can become a scan of every reservation.
+        prior = (await conn.execute(text(
+            "SELECT EXISTS (SELECT 1 FROM reservations WHERE idempotency_key = :k) "
+            "OR EXISTS (SELECT 1 FROM reservations WHERE order_id = :o) AS held"),
+            {"k": call.key, "o": call.order_id})).one().held
+        if prior:
             return SplitResult(prior=True)
         flat = [(i, w, line) for i, (w, lines) in enumerate(legs) for line in lines]
         params = {"ws": [w for _, w, _ in flat], "ss": [line.sku_id for _, _, line in flat],
