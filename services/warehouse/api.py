@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError
 
 from services.runtime import batch, outbox, reqctx
 from services.runtime.db import Connection, Database, is_unique_violation, retry_conflicts
-from services.runtime.errors import AlreadyExists, NotFound, PermissionDenied, Unavailable
+from services.runtime.errors import AlreadyExists, DomainError, NotFound, PermissionDenied, Unavailable
 from services.runtime.idempotency import request_hash, run_idempotent
 from services.runtime.ids import derived_id, new_id
 from services.runtime.timestamps import now
@@ -35,7 +35,7 @@ from .messages import (
     shipment_pb,
     warehouse_pb,
 )
-from .store import ReserveCall, ReserveResult, SplitResult, WarehouseStore
+from .store import ReserveCall, SplitResult, WarehouseStore
 
 # A ReserveStock call looks again only when it lost the last units of its chosen warehouse to a concurrent
 # call, i.e. when somebody else made progress; this bounds a pathological streak of such losses.
@@ -126,6 +126,15 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
         return pb.GetStockResponse(levels=[level_pb(level) for level in levels])
 
     async def ReserveStock(self, request: pb.ReserveStockRequest, context) -> pb.ReserveStockResponse:
+        return await self._reserve(request)
+
+    async def BatchReserveStock(self, request: pb.BatchReserveStockRequest,
+                                context) -> pb.BatchReserveStockResponse:
+        # Concurrently, so that the items meet in the reservation batcher and share its statements.
+        answers = await batch.answer_each(self._validator, list(request.requests), self._reserve)
+        return pb.BatchReserveStockResponse(results=[batch.outcome(pb.ReserveStockResult, a) for a in answers])
+
+    async def _reserve(self, request: pb.ReserveStockRequest) -> pb.ReserveStockResponse:
         lines = domain.merge_lines((line.sku_id, line.quantity) for line in request.lines)
         digest = request_hash(request)
         hold_s = request.hold_for.ToTimedelta().total_seconds() if request.HasField("hold_for") \
@@ -133,14 +142,16 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
         call = ReserveCall(new_id("rsv"), request.order_id, request.idempotency_key, digest, lines, hold_s)
         reservation_id = call.reservation_id
         routed = request.HasField("route")
-        if routed:
-            # A retry must replay the first answer even if the route would now be different.
-            replayed = await self._replay(request, digest, lines)
-            if replayed is not None:
-                return replayed
         for _ in range(_RESERVE_LOOKS):
             if routed:
-                best = await self._route(request.route, lines)
+                try:
+                    best = await self._route(request.route, lines)
+                except DomainError:
+                    # A retry replays the first answer even if no route would serve it now.
+                    replayed = await self._replay(request, digest, lines)
+                    if replayed is not None:
+                        return replayed
+                    raise
                 if len(best.legs) > 1:
                     held = await self._reserve_split(call, best)
                     if held is None:  # a leg's units went to a concurrent call: look again
@@ -153,15 +164,10 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
                     return pb.ReserveStockResponse(reservation=reservation_pb(held[0]),
                                                    legs=[reservation_pb(r) for r in held])
                 call = replace(call, warehouse_id=best.legs[0].warehouse_id)
-            try:
-                result = await self._reserve_once(call)
-            except DBAPIError as err:
+            result = await self.batcher.reserve(call)
+            if result.conflict:
                 # A concurrent call with this key or for this order committed first (the unique constraints
                 # decided): look again, and the next look sees the winner's reservation.
-                if is_unique_violation(err):
-                    continue
-                raise
-            if result.conflict:
                 continue
             if result.prior:
                 replayed = await self._replay(request, digest, lines)
@@ -172,12 +178,12 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
                 reservation = domain.Reservation(reservation_id, request.order_id, result.warehouse_id,
                                                  domain.ReservationStatus.RESERVED, lines, result.created_at,
                                                  expires_at=result.expires_at)
-                return pb.ReserveStockResponse(reservation=reservation_pb(reservation),
-                                               legs=[reservation_pb(reservation)])
-            if not routed and domain.choose_warehouse(result.available, lines) is None:
+                held_pb = reservation_pb(reservation)
+                return pb.ReserveStockResponse(reservation=held_pb, legs=[held_pb])
+            if not routed:
+                # Refused on the locked rows' levels: nothing covers the order.
                 raise domain.shortage(result.available, lines)
-            # The snapshot showed a warehouse covering the order but its units went to a concurrent call
-            # before we could lock them: look again at the new levels.
+            # The chosen location's units went to an earlier call: rank again on the new levels.
         raise Unavailable("stock of this order is heavily contended, retry with the same idempotency key",
                           reason="CONTENDED")
 
@@ -239,14 +245,6 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
         lines = domain.merge_lines((line.sku_id, line.quantity) for line in request.lines)
         best, _ = await self._plan(request.route, lines)
         return pb.QuoteRouteResponse(plan=plan_pb(best))
-
-    async def _reserve_once(self, call: ReserveCall) -> ReserveResult:
-        if len(call.lines) == 1 and call.warehouse_id is None:
-            return await self.batcher.reserve(call)
-        async def attempt() -> ReserveResult:
-            async with self.engine.connect() as conn:
-                return await self.store.reserve(conn, call)
-        return await retry_conflicts(attempt)
 
     async def GetReservation(self, request: pb.GetReservationRequest, context) -> pb.GetReservationResponse:
         async with self.engine.connect() as conn:

@@ -386,7 +386,12 @@ class Progress:
 
 
 def progress(legs: int, shipments: Iterable[Shipment]) -> Progress:
-    statuses = [s.status for s in shipments]
+    return progress_of(legs, [s.status for s in shipments])
+
+
+def progress_of(legs: int, statuses: Iterable[str]) -> Progress:
+    """progress from the statuses of the order's shipments."""
+    statuses = list(statuses)
     return Progress(sum(st in _OUT for st in statuses) >= legs,
                     sum(st == "DELIVERED" for st in statuses) >= legs)
 

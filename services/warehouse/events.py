@@ -6,7 +6,9 @@ import secrets
 from dataclasses import replace
 from datetime import datetime
 
+from google.protobuf.message import Message
 from omo.orders.v1 import events_pb2 as orders_events
+from omo.orders.v1 import orders_pb2
 
 from services.runtime import jobs, log, outbox
 from services.runtime.consumer import Delivery
@@ -32,68 +34,77 @@ PICKUP_CODE_DIGITS = 6
 
 
 class OrderPaidHandler:
-    """A paid order ships: each reservation (one per location of its route) becomes one shipment and the
+    """Paid orders ship: each reservation (one per location of an order's route) becomes one shipment and the
     units leave that location, or wait for the consumer or the staff there.
 
-    Runs in the inbox transaction. Idempotent by business key too: the order's reservation rows are locked
-    first, and a location that already has a shipment of the order is left alone, so the same payment seen
-    again under another event id ships nothing twice."""
+    A batch handler (`Subscription.batch_handler`), so that a batch of payments costs a few statements
+    whatever its size: the legs of all its orders loaded and locked in one, every held leg at an automated
+    location shipped in one, the progress of its split orders read in one, its events written in one. The
+    rarer legs (set aside for pickup or hand fulfilment, re-taken after a release) go one by one after the
+    batch's stock rows are locked. Runs in the inbox transaction. Idempotent by business key too: the orders'
+    reservation rows are locked first, and a location that already has a shipment of the order is left
+    alone, so the same payment seen again under another event id (in this batch or a later one) ships
+    nothing twice."""
 
     def __init__(self, store: WarehouseStore):
         self.store = store
 
-    async def __call__(self, conn: Connection, event: orders_events.OrderPaid, delivery: Delivery) -> None:
-        order = event.order
-        held = await self.store.reservations_for_order(conn, order.order_id)
-        if not held:
-            raise FailedPrecondition(f"paid order {order.order_id!r} has no reservation",
-                                     reason="RESERVATION_NOT_FOUND", metadata={"order_id": order.order_id})
-        first = held[0].reservation
-        if order.reservation_id and order.reservation_id != first.reservation_id:
-            raise FailedPrecondition(
-                f"paid order {order.order_id!r} names reservation {order.reservation_id!r}, "
-                f"the warehouse holds {first.reservation_id!r} for it",
-                reason="RESERVATION_MISMATCH",
-                metadata={"order_id": order.order_id, "reservation_id": first.reservation_id},
-            )
-        split = len(held) > 1
-        if split:
-            await self.store.lock_stock(conn, [(h.reservation.warehouse_id, h.reservation.lines) for h in held])
-        dispatched = []
-        for found in held:
-            shipment = await self._leg(conn, found, split)
-            if shipment is not None:
-                dispatched.append(shipment)
-        if dispatched:
-            done = await self.store.progress(conn, order.order_id)
-            for shipment in dispatched:
-                await outbox.add(conn, SHIPMENT_DISPATCHED, shipment_dispatched(shipment, done.all_dispatched))
+    async def __call__(self, conn: Connection, paid: list[tuple[orders_events.OrderPaid, Delivery]]) -> None:
+        order_ids = list(dict.fromkeys(event.order.order_id for event, _ in paid))
+        held = await self.store.reservations_for_orders(conn, order_ids)
+        for event, _ in paid:
+            _check_paid(event.order, held.get(event.order.order_id, []))
+        at = now()
+        legs = [(found, domain.ship_action(found.reservation, found.shipped, found.location_kind,
+                                           found.location_manual))
+                for order_id in order_ids for found in held[order_id]]
+        to_ship = [(found.reservation, self._shipment(found.reservation, found.reservation.warehouse_id, at))
+                   for found, action in legs if action is domain.ShipAction.SHIP_HELD]
+        retake_at = [(found.reservation.warehouse_id, found.reservation.lines)
+                     for found, action in legs if action is domain.ShipAction.RETAKE]
+        if to_ship or retake_at:
+            await self.store.ship_held_many(conn, to_ship, retake_at)
+        ship = {reservation.reservation_id: shipment for reservation, shipment in to_ship}
+        ready: dict[str, list[tuple[str, Message]]] = {}
+        dispatched: dict[str, list[domain.Shipment]] = {}
+        for found, action in legs:
+            order_id = found.reservation.order_id
+            if action is domain.ShipAction.SHIP_HELD:
+                dispatched.setdefault(order_id, []).append(ship[found.reservation.reservation_id])
+            elif action is domain.ShipAction.RETAKE:
+                split = len(held[order_id]) > 1
+                dispatched.setdefault(order_id, []).append(await self._retake(conn, found.reservation, at, split))
+            elif action is not domain.ShipAction.ALREADY_SHIPPED:
+                ready.setdefault(order_id, []).extend(await self._set_aside(conn, found, action))
+        # An order held at one location is complete with the shipment just made; a split order's other legs
+        # may have left before (or wait), so their shipments are read, under the legs' locks taken above.
+        split_out = [order_id for order_id in dispatched if len(held[order_id]) > 1]
+        statuses = await self.store.shipment_statuses(conn, split_out) if split_out else {}
+        events: list[tuple[str, Message]] = []
+        for order_id in order_ids:
+            events += ready.get(order_id, [])
+            out = dispatched.get(order_id, [])
+            if out:
+                done = domain.progress_of(len(held[order_id]), statuses.get(order_id, [s.status for s in out]))
+                events += [(SHIPMENT_DISPATCHED, shipment_dispatched(s, done.all_dispatched)) for s in out]
+        await outbox.add_many(conn, events)
 
-    async def _leg(self, conn: Connection, found: HeldFor, split: bool) -> domain.Shipment | None:
-        """One location's part of the order; the shipment if it left at once."""
+    async def _set_aside(self, conn: Connection, found: HeldFor,
+                         action: domain.ShipAction) -> list[tuple[str, Message]]:
+        """A leg that waits at its location: for the staff to pick it, or for the consumer at the counter
+        (the event that tells orders the pickup code)."""
         reservation = found.reservation
-        action = domain.ship_action(reservation, found.shipped, found.location_kind, found.location_manual)
-        if action is domain.ShipAction.ALREADY_SHIPPED:
-            return None
         if action is domain.ShipAction.TO_PICK:
             to_pick = replace(self._shipment(reservation, reservation.warehouse_id, None), status="CREATED")
             await self.store.set_aside(conn, reservation, to_pick, None)
-            return None
-        if action is domain.ShipAction.SET_ASIDE:
-            ready = replace(self._shipment(reservation, reservation.warehouse_id, None), status="READY_FOR_PICKUP",
-                            ready_at=now())
-            # Random, not derived: only the consumer (through orders) learns it. A redelivery finds the
-            # shipment made and stops above, so the code is drawn once.
-            code = f"{secrets.randbelow(10**PICKUP_CODE_DIGITS):0{PICKUP_CODE_DIGITS}d}"
-            await self.store.set_aside(conn, reservation, ready, code)
-            await outbox.add(conn, SHIPMENT_READY_FOR_PICKUP, ready_for_pickup(ready, found.location_store_id, code))
-            return None
-        dispatched_at = now()
-        if action is domain.ShipAction.SHIP_HELD:
-            shipment = self._shipment(reservation, reservation.warehouse_id, dispatched_at)
-            await self.store.ship_held(conn, reservation, shipment)
-            return shipment
-        return await self._retake(conn, reservation, dispatched_at, split)
+            return []
+        ready = replace(self._shipment(reservation, reservation.warehouse_id, None), status="READY_FOR_PICKUP",
+                        ready_at=now())
+        # Random, not derived: only the consumer (through orders) learns it. A redelivery finds the shipment
+        # made and stops above, so the code is drawn once.
+        code = f"{secrets.randbelow(10**PICKUP_CODE_DIGITS):0{PICKUP_CODE_DIGITS}d}"
+        await self.store.set_aside(conn, reservation, ready, code)
+        return [(SHIPMENT_READY_FOR_PICKUP, ready_for_pickup(ready, found.location_store_id, code))]
 
     async def _retake(self, conn: Connection, reservation: domain.Reservation,
                       dispatched_at: datetime, split: bool) -> domain.Shipment:
@@ -119,25 +130,53 @@ class OrderPaidHandler:
                                warehouse_id, reservation.reservation_id, reservation.lines, dispatched_at)
 
 
+def _check_paid(order: orders_pb2.Order, held: list[HeldFor]) -> None:
+    """A paid order must hold stock here, and the reservation it names must be its first leg."""
+    if not held:
+        raise FailedPrecondition(f"paid order {order.order_id!r} has no reservation",
+                                 reason="RESERVATION_NOT_FOUND", metadata={"order_id": order.order_id})
+    first = held[0].reservation
+    if order.reservation_id and order.reservation_id != first.reservation_id:
+        raise FailedPrecondition(
+            f"paid order {order.order_id!r} names reservation {order.reservation_id!r}, "
+            f"the warehouse holds {first.reservation_id!r} for it",
+            reason="RESERVATION_MISMATCH",
+            metadata={"order_id": order.order_id, "reservation_id": first.reservation_id},
+        )
+
+
 class OrderCancelledHandler:
-    """A cancelled (never paid) order gives its holds back, every leg of a split route. An order whose hold
+    """Cancelled (never paid) orders give their holds back, every leg of a split route. An order whose hold
     already went (expired or released) or that never got one has nothing to give back; a shipped one cannot
     have been cancelled, since orders refuses to cancel a paid order, so that is a broken invariant worth a
-    dead letter."""
+    dead letter.
+
+    A batch handler like OrderPaidHandler: the batch's legs loaded and locked in one statement, released in
+    one (stock rows in (sku_id, warehouse_id) order), their events written in one. An order cancelled twice
+    in one batch (another event id) is released once, with the first event's reason."""
 
     def __init__(self, store: WarehouseStore):
         self.store = store
 
-    async def __call__(self, conn: Connection, event: orders_events.OrderCancelled, delivery: Delivery) -> None:
-        held = [h.reservation for h in await self.store.reservations_for_order(conn, event.order_id)
-                if h.reservation.status != domain.ReservationStatus.RELEASED]
-        if len(held) > 1:
-            await self.store.lock_stock(conn, [(r.warehouse_id, r.lines) for r in held])
-        reason = f"order cancelled: {event.reason}"[:200]
-        for reservation in held:
-            domain.check_transition(reservation, domain.ReservationStatus.RELEASED)
-            await outbox.add(conn, RESERVATION_RELEASED, reservation_released(reservation, reason, now()))
-            await self.store.release(conn, reservation, reason)
+    async def __call__(self, conn: Connection,
+                       cancelled: list[tuple[orders_events.OrderCancelled, Delivery]]) -> None:
+        reasons: dict[str, str] = {}
+        for event, _ in cancelled:
+            reasons.setdefault(event.order_id, f"order cancelled: {event.reason}"[:200])
+        held = await self.store.reservations_for_orders(conn, list(reasons))
+        freed = []
+        for order_id, reason in reasons.items():
+            for found in held.get(order_id, []):
+                if found.reservation.status == domain.ReservationStatus.RELEASED:
+                    continue
+                domain.check_transition(found.reservation, domain.ReservationStatus.RELEASED)
+                freed.append((found.reservation, reason))
+        if not freed:
+            return
+        at = now()
+        await self.store.release_many(conn, freed)
+        await outbox.add_many(conn, [(RESERVATION_RELEASED, reservation_released(r, reason, at))
+                                     for r, reason in freed])
 
 
 class OrderRefundedHandler:

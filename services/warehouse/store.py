@@ -1,12 +1,13 @@
 """SQL for the warehouse schema.
 
 Every statement that changes on_hand or reserved also writes the movements for that change, in the same
-statement, so the ledger cannot drift from the levels. Stock rows are always locked in sku_id order
-(`... ORDER BY sku_id FOR UPDATE`) before they are updated, so two orders touching the same SKUs cannot
-deadlock each other."""
+statement, so the ledger cannot drift from the levels. Stock rows are always locked in (sku_id, warehouse_id)
+order (`... ORDER BY sku_id[, warehouse_id] FOR UPDATE`, one location's rows being a subsequence of that
+order) before they are updated, so two statements touching the same SKUs cannot deadlock each other."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -44,44 +45,50 @@ _RESERVATION_COLS = """
 # order whatever plan the UPDATE gets.
 _LINES = "lines AS (SELECT * FROM unnest(CAST(:skus AS text[]), CAST(:qtys AS bigint[])) AS l(sku_id, quantity))"
 
-# ReserveStock in one statement, run outside an explicit transaction: the hot stock row is locked only until
-# the statement commits. The logic lives in the database function reserve_one (migration 0002):
-#   prior:    a reservation that already has this key or this order -> do nothing, the caller decides.
-#   level:    availability of the lines' SKUs in every cloud warehouse, as of the statement's snapshot.
-#   target:   the first warehouse (by id) covering every line in that snapshot.
-#   locked:   lock those stock rows in sku_id order, re-checking availability on the newest row versions.
-#   held:     the conditional UPDATE, only if every line is still covered: all lines or none.
-# reserve_batch runs many single-line reservations through the same function in one transaction.
-_RESERVE = text("SELECT *, false AS conflict FROM reserve_one(:rid, :order_id, :key, CAST(:hash AS bytea), "
-                "CAST(:skus AS text[]), CAST(:qtys AS bigint[]), CAST(:hold_s AS double precision), "
-                "CAST(:w AS text))")
-_RESERVE_BATCH = text("SELECT * FROM reserve_batch(CAST(:rids AS text[]), CAST(:order_ids AS text[]), "
-                      "CAST(:keys AS text[]), CAST(:hashes AS bytea[]), CAST(:skus AS text[]), "
-                      "CAST(:qtys AS bigint[]), CAST(:holds AS double precision[])) ORDER BY ord")
+# ReserveStock calls held at one location each, many in one statement run outside an explicit transaction:
+# the hot stock rows are locked only until the statement commits, and the whole batch shares that commit.
+# The logic lives in the database function reserve_calls (migration 0005): prior reservations by key or
+# order, the candidate rows locked in (sku_id, warehouse_id) order, each call's first-fit choice in arrival
+# order, all lines or none, and the levels, reservations, lines and movements written together.
+_RESERVE_CALLS = text("SELECT * FROM reserve_calls(CAST(:rids AS text[]), CAST(:order_ids AS text[]), "
+                      "CAST(:keys AS text[]), CAST(:hashes AS bytea[]), CAST(:holds AS double precision[]), "
+                      "CAST(:warehouses AS text[]), CAST(:line_calls AS integer[]), CAST(:skus AS text[]), "
+                      "CAST(:qtys AS bigint[])) ORDER BY ord")
 
-# RESERVED -> RELEASED: the held units go back to available stock.
-_RELEASE = text(f"""
-    WITH {_LINES},
+# RESERVED (or CONFIRMED) -> RELEASED for many reservations at once: their stock rows locked in
+# (sku_id, warehouse_id) order, the held units back to available stock (one UPDATE per row) with a movement
+# per reservation line, and the reservations' status and reason, each only from the status it was read in.
+_RELEASE = text("""
+    WITH lines AS (
+        SELECT * FROM unnest(CAST(:line_rids AS text[]), CAST(:line_ws AS text[]), CAST(:skus AS text[]),
+                             CAST(:qtys AS bigint[])) AS l(reservation_id, warehouse_id, sku_id, quantity)
+    ),
     locked AS MATERIALIZED (
-        SELECT s.sku_id, l.quantity FROM stock s JOIN lines l ON l.sku_id = s.sku_id
-        WHERE s.warehouse_id = :w ORDER BY s.sku_id FOR UPDATE OF s
+        SELECT s.warehouse_id, s.sku_id, w.quantity FROM stock s
+        JOIN (SELECT warehouse_id, sku_id, sum(quantity) AS quantity FROM lines GROUP BY warehouse_id, sku_id) w
+          ON w.warehouse_id = s.warehouse_id AND w.sku_id = s.sku_id
+        ORDER BY s.sku_id, s.warehouse_id FOR UPDATE OF s
     ),
     freed AS (
         UPDATE stock s SET reserved = s.reserved - k.quantity, updated_at = now()
         FROM locked k
-        WHERE s.warehouse_id = :w AND s.sku_id = k.sku_id AND s.reserved >= k.quantity
-        RETURNING s.sku_id, k.quantity
+        WHERE s.warehouse_id = k.warehouse_id AND s.sku_id = k.sku_id AND s.reserved >= k.quantity
+        RETURNING s.warehouse_id, s.sku_id
     ),
     moved AS (
         INSERT INTO movements (warehouse_id, sku_id, on_hand_delta, reserved_delta, reason, reference_id)
-        SELECT :w, sku_id, 0, -quantity, 'release', :rid FROM freed ORDER BY sku_id
+        SELECT l.warehouse_id, l.sku_id, 0, -l.quantity, 'release', l.reservation_id
+        FROM lines l JOIN freed f ON f.warehouse_id = l.warehouse_id AND f.sku_id = l.sku_id
+        ORDER BY l.sku_id, l.warehouse_id, l.reservation_id
     ),
     changed AS (
-        UPDATE reservations SET status = 'RELEASED', release_reason = :reason, updated_at = now()
-        WHERE reservation_id = :rid AND status = :from_status
+        UPDATE reservations r SET status = 'RELEASED', release_reason = x.reason, updated_at = now()
+        FROM unnest(CAST(:rids AS text[]), CAST(:reasons AS text[]), CAST(:from_statuses AS text[]))
+             AS x(rid, reason, from_status)
+        WHERE r.reservation_id = x.rid AND r.status = x.from_status
         RETURNING 1
     )
-    SELECT (SELECT count(*) FROM freed) AS lines, (SELECT count(*) FROM changed) AS reservations
+    SELECT (SELECT count(*) FROM freed) AS rows, (SELECT count(*) FROM changed) AS reservations
 """)
 
 # The parts of shipping common to a held and a re-taken reservation: the shipment, its lines, the status.
@@ -102,9 +109,8 @@ _SHIPMENT_ROWS = """
     SELECT (SELECT count(*) FROM taken) AS lines, (SELECT count(*) FROM changed) AS reservations
 """
 
-# RESERVED -> SHIPPED: the held units leave, on_hand and reserved both go down.
 # Held units of `lines` leave warehouse :w under shipment :sid: on_hand and reserved both go down, with
-# their movements. Shared by shipping at once and by a hand-over after picking up or packing.
+# their movements. A hand-over at the counter or after picking and packing.
 _TAKE_HELD = """
     locked AS MATERIALIZED (
         SELECT s.sku_id, l.quantity FROM stock s JOIN lines l ON l.sku_id = s.sku_id
@@ -121,10 +127,57 @@ _TAKE_HELD = """
         SELECT :w, sku_id, -quantity, -quantity, 'shipment', :sid FROM taken ORDER BY sku_id
     )"""
 
-_SHIP_HELD = text(f"""
-    WITH {_LINES},
-    {_TAKE_HELD},
-    {_SHIPMENT_ROWS}
+# RESERVED -> SHIPPED for the held legs of many orders at once (the order-paid consumer's batch). Every
+# stock row the batch touches, shipped here or by a later statement of the same transaction (`lock_only`,
+# quantity 0: a released leg re-taken at its own location), is locked first, in (sku_id, warehouse_id)
+# order; then the units leave, one UPDATE per row, with a movement per shipment line, the shipments, their
+# lines and the reservations' status. `rows` and `reservations` let the caller check that everything moved.
+_SHIP_HELD_MANY = text("""
+    WITH lines AS (
+        SELECT * FROM unnest(CAST(:line_sids AS text[]), CAST(:line_ws AS text[]), CAST(:skus AS text[]),
+                             CAST(:qtys AS bigint[])) AS l(shipment_id, warehouse_id, sku_id, quantity)
+    ),
+    wanted AS (
+        SELECT w.warehouse_id, w.sku_id, sum(w.quantity) AS quantity FROM (
+            SELECT l.warehouse_id, l.sku_id, l.quantity FROM lines l
+            UNION ALL
+            SELECT o.w, o.sku, 0 FROM unnest(CAST(:lock_ws AS text[]), CAST(:lock_skus AS text[])) AS o(w, sku)
+        ) w GROUP BY w.warehouse_id, w.sku_id
+    ),
+    locked AS MATERIALIZED (
+        SELECT s.warehouse_id, s.sku_id, w.quantity FROM stock s
+        JOIN wanted w ON w.warehouse_id = s.warehouse_id AND w.sku_id = s.sku_id
+        ORDER BY s.sku_id, s.warehouse_id FOR UPDATE OF s
+    ),
+    taken AS (
+        UPDATE stock s SET on_hand = s.on_hand - k.quantity, reserved = s.reserved - k.quantity, updated_at = now()
+        FROM locked k
+        WHERE k.quantity > 0 AND s.warehouse_id = k.warehouse_id AND s.sku_id = k.sku_id
+          AND s.reserved >= k.quantity
+        RETURNING s.warehouse_id, s.sku_id
+    ),
+    moved AS (
+        INSERT INTO movements (warehouse_id, sku_id, on_hand_delta, reserved_delta, reason, reference_id)
+        SELECT l.warehouse_id, l.sku_id, -l.quantity, -l.quantity, 'shipment', l.shipment_id
+        FROM lines l JOIN taken t ON t.warehouse_id = l.warehouse_id AND t.sku_id = l.sku_id
+        ORDER BY l.sku_id, l.warehouse_id, l.shipment_id
+    ),
+    shipment AS (
+        INSERT INTO shipments (shipment_id, order_id, warehouse_id, reservation_id, status, dispatched_at)
+        SELECT x.sid, x.o, x.w, x.rid, 'DISPATCHED', x.at
+        FROM unnest(CAST(:sids AS text[]), CAST(:order_ids AS text[]), CAST(:ws AS text[]),
+                    CAST(:rids AS text[]), CAST(:ats AS timestamptz[])) AS x(sid, o, w, rid, at)
+    ),
+    shipped_lines AS (
+        INSERT INTO shipment_lines (shipment_id, sku_id, quantity) SELECT shipment_id, sku_id, quantity FROM lines
+    ),
+    changed AS (
+        UPDATE reservations r SET status = 'SHIPPED', updated_at = now()
+        FROM unnest(CAST(:rids AS text[])) AS x(rid)
+        WHERE r.reservation_id = x.rid AND r.status = 'RESERVED'
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM taken) AS rows, (SELECT count(*) FROM changed) AS reservations
 """)
 
 # RELEASED -> SHIPPED from warehouse :w: take the units again with the same conditional update as a
@@ -248,7 +301,7 @@ def _result(row) -> ReserveResult:  # type: ignore[no-untyped-def]
     available: dict[str, dict[str, int]] = {}
     for w, s, a in zip(row.level_warehouses, row.level_skus, row.level_available, strict=True):
         available.setdefault(w, {})[s] = a
-    return ReserveResult(row.prior, row.warehouse_id, row.created_at, available, row.expires_at, row.conflict)
+    return ReserveResult(row.prior, row.warehouse_id, row.created_at, available, row.expires_at)
 
 
 def _split(lines: tuple[Line, ...]) -> dict[str, list]:
@@ -339,20 +392,16 @@ class WarehouseStore:
                          MovementReason(r.reason), r.reference_id, r.created_at) for r in rows]
 
     # -- reservations -----------------------------------------------------------------------------------
-    async def reserve(self, conn: Connection, call: ReserveCall) -> ReserveResult:
-        row = (await conn.execute(_RESERVE, {
-            **_split(call.lines), "rid": call.reservation_id, "order_id": call.order_id, "key": call.key,
-            "hash": call.request_hash, "hold_s": call.hold_s, "w": call.warehouse_id,
-        })).one()
-        return _result(row)
-
-    async def reserve_batch(self, conn: Connection, calls: list[ReserveCall]) -> list[ReserveResult]:
-        """Single-line reservations in one transaction (one commit); results in the calls' order."""
-        rows = (await conn.execute(_RESERVE_BATCH, {
+    async def reserve_calls(self, conn: Connection, calls: list[ReserveCall]) -> list[ReserveResult]:
+        """Calls held at one location each, in one statement (one commit); results in the calls' order."""
+        line_calls = [n for n, call in enumerate(calls, 1) for _ in call.lines]
+        lines = [line for call in calls for line in call.lines]
+        rows = (await conn.execute(_RESERVE_CALLS, {
             "rids": [c.reservation_id for c in calls], "order_ids": [c.order_id for c in calls],
             "keys": [c.key for c in calls], "hashes": [c.request_hash for c in calls],
-            "skus": [c.lines[0].sku_id for c in calls], "qtys": [c.lines[0].quantity for c in calls],
-            "holds": [c.hold_s for c in calls],
+            "holds": [c.hold_s for c in calls], "warehouses": [c.warehouse_id for c in calls],
+            "line_calls": line_calls, "skus": [line.sku_id for line in lines],
+            "qtys": [line.quantity for line in lines],
         })).all()
         return [_result(row) for row in rows]
 
@@ -379,17 +428,23 @@ class WarehouseStore:
         return _reservation(row) if row else None
 
     async def reservations_for_order(self, conn: Connection, order_id: str) -> list[HeldFor]:
-        """The order's reservations (one per leg of its route, leg 0 first), locked against concurrent
-        shipping or release, whether each leg's location has a shipment of the order already, and what kind
-        of location holds it (and whose store, for store stock)."""
+        return (await self.reservations_for_orders(conn, [order_id])).get(order_id, [])
+
+    async def reservations_for_orders(self, conn: Connection, order_ids: list[str]) -> dict[str, list[HeldFor]]:
+        """The orders' reservations (one per leg of its route, leg 0 first), locked against concurrent
+        shipping or release in (order_id, leg) order, so that batches of orders cannot deadlock each other;
+        whether each leg's location has a shipment of the order already, and what kind of location holds it
+        (and whose store, for store stock)."""
         sql = (f"SELECT {_RESERVATION_COLS}, EXISTS (SELECT 1 FROM shipments s WHERE s.order_id = r.order_id "
                "AND s.warehouse_id = r.warehouse_id) AS shipped, h.kind AS location_kind, "
                "h.store_id AS location_store_id, h.manual_fulfilment AS location_manual "
                "FROM reservations r JOIN warehouses h ON h.warehouse_id = r.warehouse_id "
-               "WHERE r.order_id = :o ORDER BY r.leg FOR UPDATE OF r")
-        rows = (await conn.execute(text(sql), {"o": order_id})).all()
-        return [HeldFor(_reservation(row), row.shipped, row.location_kind, row.location_store_id,
-                        row.location_manual) for row in rows]
+               "WHERE r.order_id = ANY(CAST(:orders AS text[])) ORDER BY r.order_id, r.leg FOR UPDATE OF r")
+        held: dict[str, list[HeldFor]] = {}
+        for row in await conn.execute(text(sql), {"orders": order_ids}):
+            held.setdefault(row.order_id, []).append(HeldFor(_reservation(row), row.shipped, row.location_kind,
+                                                             row.location_store_id, row.location_manual))
+        return held
 
     async def lock_order(self, conn: Connection, order_id: str) -> None:
         """Lock every leg of the order (leg order), the first lock on every path that changes one of its
@@ -413,15 +468,25 @@ class WarehouseStore:
                                    {"o": order_id})).one().n
         return progress(legs, await self.shipments(conn, order_id))
 
+    async def shipment_statuses(self, conn: Connection, order_ids: list[str]) -> dict[str, list[str]]:
+        """Every shipment's status, by order, as of this statement (the caller holds the orders' legs)."""
+        rows = await conn.execute(text(
+            "SELECT order_id, array_agg(status) AS statuses FROM shipments "
+            "WHERE order_id = ANY(CAST(:orders AS text[])) GROUP BY order_id"), {"orders": order_ids})
+        return {row.order_id: list(row.statuses) for row in rows}
+
     async def reserve_split(self, conn: Connection, call: ReserveCall, rids: list[str],
                             legs: list[tuple[str, tuple[Line, ...]]]) -> SplitResult:
         """A split route held all or nothing, in the caller's transaction: one reservation per location
         (leg i gets rids[i]), the stock rows of every leg locked in (sku_id, warehouse_id) order and
         re-checked on their newest versions. Nothing is written if a prior reservation has the key or the
         order (prior) or a leg's units went to a concurrent call (neither prior nor legs: look again)."""
-        prior = (await conn.execute(text("SELECT 1 FROM reservations WHERE idempotency_key = :k OR order_id = :o "
-                                         "LIMIT 1"), {"k": call.key, "o": call.order_id})).first()
-        if prior is not None:
+        # Two single-index probes: a cached plan for an OR can become a scan of every reservation.
+        prior = (await conn.execute(text(
+            "SELECT EXISTS (SELECT 1 FROM reservations WHERE idempotency_key = :k) "
+            "OR EXISTS (SELECT 1 FROM reservations WHERE order_id = :o) AS held"),
+            {"k": call.key, "o": call.order_id})).one().held
+        if prior:
             return SplitResult(prior=True)
         flat = [(i, w, line) for i, (w, lines) in enumerate(legs) for line in lines]
         params = {"ws": [w for _, w, _ in flat], "ss": [line.sku_id for _, _, line in flat],
@@ -532,15 +597,43 @@ class WarehouseStore:
                                f"{row.reservations} reservations")
 
     async def release(self, conn: Connection, reservation: Reservation, reason: str) -> None:
-        row = (await conn.execute(_RELEASE, {**_split(reservation.lines), "w": reservation.warehouse_id,
-                                             "rid": reservation.reservation_id, "reason": reason,
-                                             "from_status": str(reservation.status)})).one()
-        _expect(row, len(reservation.lines), "release", reservation)
+        await self.release_many(conn, [(reservation, reason)])
+
+    async def release_many(self, conn: Connection, released: list[tuple[Reservation, str]]) -> None:
+        """Holds given back (each with its reason), in one statement; the caller holds their rows' locks and
+        checked their states, so anything short of every line and every reservation changing is a broken
+        invariant: fail the transaction rather than half-apply."""
+        lines = [(r, line) for r, _ in released for line in r.lines]
+        row = (await conn.execute(_RELEASE, {
+            "line_rids": [r.reservation_id for r, _ in lines], "line_ws": [r.warehouse_id for r, _ in lines],
+            "skus": [line.sku_id for _, line in lines], "qtys": [line.quantity for _, line in lines],
+            "rids": [r.reservation_id for r, _ in released], "reasons": [reason for _, reason in released],
+            "from_statuses": [str(r.status) for r, _ in released],
+        })).one()
+        rows = len({(r.warehouse_id, line.sku_id) for r, line in lines})
+        if row.rows != rows or row.reservations != len(released):
+            raise RuntimeError(f"releasing {len(released)} reservations changed {row.rows}/{rows} stock rows and "
+                               f"{row.reservations} reservations")
 
     # -- shipments --------------------------------------------------------------------------------------
-    async def ship_held(self, conn: Connection, reservation: Reservation, shipment: Shipment) -> None:
-        row = (await conn.execute(_SHIP_HELD, _ship_params(reservation, shipment))).one()
-        _expect(row, len(reservation.lines), "ship", reservation)
+    async def ship_held_many(self, conn: Connection, legs: list[tuple[Reservation, Shipment]],
+                             lock_only: Sequence[tuple[str, tuple[Line, ...]]] = ()) -> None:
+        """Every held leg ships at once, in one statement; `lock_only` (location, lines) are stock rows a
+        later statement of the transaction changes, locked here with the rest in the one lock order."""
+        lines = [(shipment, line) for _, shipment in legs for line in shipment.lines]
+        locks = [(w, line.sku_id) for w, held in lock_only for line in held]
+        row = (await conn.execute(_SHIP_HELD_MANY, {
+            "line_sids": [s.shipment_id for s, _ in lines], "line_ws": [s.warehouse_id for s, _ in lines],
+            "skus": [line.sku_id for _, line in lines], "qtys": [line.quantity for _, line in lines],
+            "lock_ws": [w for w, _ in locks], "lock_skus": [sku for _, sku in locks],
+            "sids": [s.shipment_id for _, s in legs], "order_ids": [s.order_id for _, s in legs],
+            "ws": [s.warehouse_id for _, s in legs], "rids": [r.reservation_id for r, _ in legs],
+            "ats": [s.dispatched_at for _, s in legs],
+        })).one()
+        rows = len({(s.warehouse_id, line.sku_id) for s, line in lines})
+        if row.rows != rows or row.reservations != len(legs):
+            raise RuntimeError(f"shipping {len(legs)} held reservations changed {row.rows}/{rows} stock rows and "
+                               f"{row.reservations} reservations")
 
     async def retake_and_ship(self, conn: Connection, reservation: Reservation, shipment: Shipment) -> bool:
         """False (and nothing changed) if the warehouse no longer has every line available."""

@@ -16,6 +16,8 @@ from .api import WarehouseApi
 from .events import ExpirySweeper, OrderCancelledHandler, OrderPaidHandler, OrderRefundedHandler
 from .store import WarehouseStore
 
+_SET_BATCH = 64
+
 
 async def wire(rt: Runtime) -> Wiring:
     store = WarehouseStore()
@@ -26,11 +28,15 @@ async def wire(rt: Runtime) -> Wiring:
     return Wiring(
         servicers=[(warehouse_pb2_grpc.add_WarehouseServiceServicer_to_server, api, full_name)],
         subscriptions=[
+            # Set-based: a batch is a few statements whatever its size, and its stock rows are locked only
+            # from its one shipping (or release) statement to its commit, so batches may be larger than the
+            # message-by-message handler's 16 without holding ReserveStock up for longer.
             Subscription("warehouse-order-paid", "ORDERS", "orders.order.paid", orders_events.OrderPaid,
-                         OrderPaidHandler(store), max_batch=16),
-            # Like the order-paid consumer, these lock stock rows: small batches hold them briefly.
+                         batch_handler=OrderPaidHandler(store), max_batch=_SET_BATCH),
             Subscription("warehouse-order-cancelled", "ORDERS", "orders.order.cancelled",
-                         orders_events.OrderCancelled, OrderCancelledHandler(store), max_batch=16),
+                         orders_events.OrderCancelled, batch_handler=OrderCancelledHandler(store),
+                         max_batch=_SET_BATCH),
+            # One message at a time, locking stock rows: small batches hold them briefly.
             Subscription("warehouse-order-refunded", "ORDERS", "orders.order.refunded",
                          orders_events.OrderRefunded, OrderRefundedHandler(store), max_batch=16),
         ],

@@ -216,6 +216,10 @@ def test_an_order_is_shipped_and_delivered_in_full_only_when_every_leg_is():
         domain.Progress(True, False)
     assert domain.progress(2, [shipment("READY_FOR_PICKUP"), shipment("PACKED", "whs_2")]) == \
         domain.Progress(False, False)
+    # The batch consumer reads only the statuses, one statement for all its split orders.
+    assert domain.progress_of(2, ["DELIVERED", "DISPATCHED"]) == domain.Progress(True, False)
+    assert domain.progress_of(2, ["DISPATCHED", "CREATED"]) == domain.Progress(False, False)
+    assert domain.progress_of(1, ["DISPATCHED"]) == domain.progress(1, [shipment("DISPATCHED")])
 
 
 def test_a_pickup_takes_five_wrong_codes_then_is_locked_even_for_the_right_one():
