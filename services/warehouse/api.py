@@ -187,12 +187,6 @@ class WarehouseApi(warehouse_pb2_grpc.WarehouseServiceServicer):
         raise Unavailable("stock of this order is heavily contended, retry with the same idempotency key",
                           reason="CONTENDED")
 
-    async def BatchReserveStock(self, request: pb.BatchReserveStockRequest,
-                                context) -> pb.BatchReserveStockResponse:
-        answers = await batch.answer_each(self._validator, list(request.requests),
-                                          lambda r: self.ReserveStock(r, context))
-        return pb.BatchReserveStockResponse(results=[batch.outcome(pb.ReserveStockResult, a) for a in answers])
-
     async def _replay(self, request: pb.ReserveStockRequest, digest: bytes,
                       lines: tuple[domain.Line, ...]) -> pb.ReserveStockResponse | None:
         """The answer for a key or an order that already holds stock (None if neither does)."""
