@@ -46,7 +46,7 @@ def split_pb(split: domain.Split) -> pb.OrderSplit:
         brand_funded_discount_fen=split.brand_funded_discount_fen,
         receivables=[pb.Receivable(creditor=party_pb(r.creditor), debtor=party_pb(r.debtor),
                                    amount_fen=r.amount_fen, reason=REASON[r.reason])
-                     for r in domain.owed_after_sharing(split)],
+                     for r in split.owed],
         state=SPLIT_STATE[split.state],
         cap_fen=split.cap_fen,
     )
