@@ -471,8 +471,10 @@ def share_caps(legs: Sequence[SplitLeg], cap_fen: int) -> list[SplitLeg]:
             continue
         shared = min(leg.amount_fen - leg.frozen_refund_fen, left)
         left -= shared
-        capped.append(dataclasses.replace(leg, shared_fen=shared,
-                                          state=LegState.PLANNED if shared else LegState.SUCCESS))
+        # Built directly rather than with dataclasses.replace: this runs for every leg of every paid order.
+        capped.append(SplitLeg(receiver=leg.receiver, role=leg.role, amount_fen=leg.amount_fen, shared_fen=shared,
+                               state=LegState.PLANNED if shared else LegState.SUCCESS, close_reason=leg.close_reason,
+                               refunded_fen=leg.refunded_fen, frozen_refund_fen=leg.frozen_refund_fen))
     return capped
 
 

@@ -4,7 +4,8 @@ The two foreign keys of `postings` ran one lookup (and took one row lock) per po
 job's posting of 50 orders' journals, they were half the statement's time. The store writes a journal with all
 its postings, and creates or updates their accounts, in one statement, so the statement's end is where to check
 that every new posting's journal and account exist: the statement trigger that already re-sums the journals now
-does that too, with one anti-join over the statement's new postings.
+does that too, probing the two primary keys with the statement's distinct journal and account ids (as the
+balance check probes `postings`) and comparing the counts.
 
 What the foreign keys also guaranteed, that a referenced row never goes away, holds by triggers: journals are
 append-only (0001), and accounts are never deleted, truncated or given another id (updating a balance, the only
@@ -30,6 +31,8 @@ def upgrade() -> None:
         LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
         DECLARE
             bad record;
+            journal_ids text[];
+            account_ids bigint[];
         BEGIN
             SELECT p.journal_id, sum(p.amount_fen) AS total, count(*) AS legs INTO bad
             FROM postings p
@@ -41,13 +44,18 @@ def upgrade() -> None:
                 RAISE EXCEPTION 'journal % does not balance: % postings sum to % fen',
                     bad.journal_id, bad.legs, bad.total USING ERRCODE = 'check_violation';
             END IF;
-            SELECT n.journal_id, n.account_id INTO bad
-            FROM new_postings n
-            WHERE NOT EXISTS (SELECT 1 FROM journals j WHERE j.journal_id = n.journal_id)
-               OR NOT EXISTS (SELECT 1 FROM accounts a WHERE a.account_id = n.account_id)
-            LIMIT 1;
-            IF FOUND THEN
-                RAISE EXCEPTION 'posting to journal % and account % refers to a journal or account that does not exist',
+            -- Every journal and account the statement posted to exists: as many found by their primary keys
+            -- (probed with the statement's distinct ids) as there are distinct ids.
+            SELECT array_agg(DISTINCT journal_id), array_agg(DISTINCT account_id) INTO journal_ids, account_ids
+            FROM new_postings;
+            IF (SELECT count(*) FROM journals WHERE journal_id = ANY (journal_ids)) <> cardinality(journal_ids)
+               OR (SELECT count(*) FROM accounts WHERE account_id = ANY (account_ids)) <> cardinality(account_ids)
+            THEN
+                SELECT n.journal_id, n.account_id INTO bad FROM new_postings n
+                WHERE NOT EXISTS (SELECT 1 FROM journals j WHERE j.journal_id = n.journal_id)
+                   OR NOT EXISTS (SELECT 1 FROM accounts a WHERE a.account_id = n.account_id)
+                LIMIT 1;
+                RAISE EXCEPTION 'a posting to journal % and account % refers to one that does not exist',
                     bad.journal_id, bad.account_id USING ERRCODE = 'foreign_key_violation';
             END IF;
             RETURN NULL;
