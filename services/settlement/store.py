@@ -1,7 +1,8 @@
 """SQL for the settlement schema: the ledger and the order splits.
 
-Written for the consumer's batch transaction (many events per transaction): recording a split is one
-statement and posting any number of journals is one statement, whatever the number of legs."""
+Written for batches: recording any number of splits is one statement, posting any number of journals is one
+statement, and a sharing pass writes the progress of all its splits in one, whatever the number of legs.
+Whatever moves money goes last in its transaction and once (`LedgerStore.book`)."""
 
 from __future__ import annotations
 
