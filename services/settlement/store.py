@@ -373,18 +373,28 @@ _BALANCES = text("""
 """)
 
 
+# Stored names back to the domain's enums by plain lookup: calling an enum class costs five times as much, and
+# every split the sharing job reads has a dozen of them.
+_PARTY_TYPE = {t.value: t for t in PartyType}
+_ROLE = {r.value: r for r in SplitRole}
+_LEG_STATE = {s.value: s for s in LegState}
+_REASON = {r.value: r for r in ReceivableReason}
+_SPLIT_STATE = {s.value: s for s in SplitState}
+
+
 def _split_of(row: Row) -> Split:
     return Split(
         order_id=row.order_id, brand_id=row.brand_id, dealer_id=row.dealer_id, store_id=row.store_id,
         paid_fen=row.paid_fen, cost_fen=row.cost_fen, brand_funded_discount_fen=row.brand_funded_discount_fen,
-        legs=tuple(SplitLeg(Party(PartyType(t), i), SplitRole(role), amount, shared, LegState(state), reason,
-                            refunded, frozen)
+        legs=tuple(SplitLeg(receiver=Party(_PARTY_TYPE[t], i), role=_ROLE[role], amount_fen=amount,
+                            shared_fen=shared, state=_LEG_STATE[state], close_reason=reason, refunded_fen=refunded,
+                            frozen_refund_fen=frozen)
                    for role, t, i, amount, shared, state, reason, refunded, frozen in row.legs),
-        receivables=tuple(Receivable(Party(PartyType(ct), ci), Party(PartyType(dt), di), amount,
-                                     ReceivableReason(reason))
+        receivables=tuple(Receivable(creditor=Party(_PARTY_TYPE[ct], ci), debtor=Party(_PARTY_TYPE[dt], di),
+                                     amount_fen=amount, reason=_REASON[reason])
                           for reason, ct, ci, dt, di, amount in row.receivables),
         payment_journal_id=row.payment_journal_id, split_journal_id=row.split_journal_id,
-        settled_at=row.settled_at, state=SplitState(row.state), provider_txn_id=row.provider_txn_id,
+        settled_at=row.settled_at, state=_SPLIT_STATE[row.state], provider_txn_id=row.provider_txn_id,
         cap_fen=row.cap_fen, revision=row.revision,
     )
 
