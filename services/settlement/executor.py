@@ -53,7 +53,7 @@ def apply_results(split: Split, result: SharingOrderResult) -> Split:
             raise ProviderDisagrees(f"{result.out_order_no}: receiver {leg.receiver} answered {r}")
         state = LegState(r.state.value)
         if leg.state in (LegState.SUCCESS, LegState.CLOSED) or state is leg.state:
-            legs.append(leg)  # final results never change
+            legs.append(leg)  # final results never change; an unchanged one needs no new leg
             continue
         legs.append(dataclasses.replace(leg, state=state,
                                         close_reason=r.fail_reason if r.state is ReceiverState.CLOSED else ""))

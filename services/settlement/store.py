@@ -527,10 +527,6 @@ class LedgerStore:
                 and p.before.state is not SplitState.COMPLETED for r in p.after.owed]
         return journals, owed
 
-    async def advance(self, conn: Connection, progress: Sequence[Progress]) -> None:
-        """Write the splits' progress and book what it implies, all in the caller's transaction."""
-        await self.book(conn, *await self.record_progress(conn, progress))
-
     async def plan_transfers(self, conn: Connection, limit: int) -> int:
         """Record the next transfer for up to `limit` dealers that owe something and can pay."""
         planned = []
