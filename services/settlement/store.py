@@ -93,14 +93,19 @@ _RECORD_SPLITS = text("""
 """)
 
 # One statement posts a set of journals: the accounts are created on first use and their cached balances
-# moved by each account's net change (rows locked in the domain's lock order), the journals are inserted,
-# and the postings reference the accounts the upsert returned. The postings' deferred trigger re-checks at
-# commit that every journal balances.
+# moved by each account's net change (rows locked in the domain's lock order: the order of `touched`), the
+# journals are inserted, and the postings reference the accounts the upsert returned. A posting names its
+# journal and its account by their place in the statement's lists (integers, cheaper to send than the three
+# names of an account and a journal id per posting). The postings' statement trigger re-checks that every
+# journal balances and that every journal and account exists.
 _POST = text("""
-    WITH moved AS (
+    WITH touched AS (
+        SELECT * FROM unnest(CAST(:acc_types AS text[]), CAST(:acc_ids AS text[]), CAST(:acc_purposes AS text[]),
+                             CAST(:acc_changes AS bigint[]))
+                 WITH ORDINALITY AS t(party_type, party_id, purpose, change, n)
+    ), moved AS (
         INSERT INTO accounts AS a (party_type, party_id, purpose, balance_fen)
-        SELECT * FROM unnest(CAST(:acc_types AS text[]), CAST(:acc_ids AS text[]),
-                             CAST(:acc_purposes AS text[]), CAST(:acc_changes AS bigint[]))
+        SELECT party_type, party_id, purpose, change FROM touched ORDER BY n
         ON CONFLICT (party_type, party_id, purpose) DO UPDATE SET balance_fen = a.balance_fen + excluded.balance_fen
         RETURNING account_id, party_type, party_id, purpose
     ), journal AS (
@@ -110,11 +115,12 @@ _POST = text("""
                     CAST(:j_orders AS text[])) AS j(id, kind, key, order_id)
     )
     INSERT INTO postings (journal_id, account_id, amount_fen)
-    SELECT p.journal_id, m.account_id, p.amount_fen
-    FROM unnest(CAST(:p_journals AS text[]), CAST(:p_types AS text[]), CAST(:p_ids AS text[]),
-                CAST(:p_purposes AS text[]), CAST(:p_amounts AS bigint[])) WITH ORDINALITY
-             AS p(journal_id, party_type, party_id, purpose, amount_fen, n)
-    JOIN moved m USING (party_type, party_id, purpose)
+    SELECT j.id, m.account_id, p.amount_fen
+    FROM unnest(CAST(:p_journals AS integer[]), CAST(:p_accounts AS integer[]), CAST(:p_amounts AS bigint[]))
+             WITH ORDINALITY AS p(journal_n, account_n, amount_fen, n)
+    JOIN unnest(CAST(:j_ids AS text[])) WITH ORDINALITY AS j(id, n) ON j.n = p.journal_n
+    JOIN touched t ON t.n = p.account_n
+    JOIN moved m ON (m.party_type, m.party_id, m.purpose) = (t.party_type, t.party_id, t.purpose)
     ORDER BY p.n
 """)
 
@@ -457,7 +463,13 @@ class LedgerStore:
         if not journals:
             return
         changes = net_changes(journals)
-        postings = [(j.journal_id, p) for j in journals for p in j.postings]
+        account_n = {account: n for n, (account, _) in enumerate(changes, 1)}
+        p_journals, p_accounts, p_amounts = [], [], []
+        for journal_n, j in enumerate(journals, 1):
+            for p in j.postings:
+                p_journals.append(journal_n)
+                p_accounts.append(account_n[p.account])
+                p_amounts.append(p.amount_fen)
         result = await conn.execute(_POST, {
             "acc_types": [k.party.type.value for k, _ in changes],
             "acc_ids": [k.party.id for k, _ in changes],
@@ -467,15 +479,11 @@ class LedgerStore:
             "j_kinds": [j.kind.value for j in journals],
             "j_keys": [j.business_key for j in journals],
             "j_orders": [j.order_id for j in journals],
-            "p_journals": [jid for jid, _ in postings],
-            "p_types": [p.account.party.type.value for _, p in postings],
-            "p_ids": [p.account.party.id for _, p in postings],
-            "p_purposes": [p.account.purpose.value for _, p in postings],
-            "p_amounts": [p.amount_fen for _, p in postings],
+            "p_journals": p_journals, "p_accounts": p_accounts, "p_amounts": p_amounts,
         })
-        if result.rowcount != len(postings):
+        if result.rowcount != len(p_amounts):
             # Every posting's account is among the upserted ones, so this is a bug, never bad input.
-            raise RuntimeError(f"posted {result.rowcount} of {len(postings)} postings")
+            raise RuntimeError(f"posted {result.rowcount} of {len(p_amounts)} postings")
 
     async def book(self, conn: Connection, journals: Sequence[Journal], owed: Sequence[Receivable] = ()) -> None:
         """What moves money, as the last statements of the caller's transaction: the debts the journals leave
