@@ -56,6 +56,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from enum import StrEnum
+from functools import cached_property, lru_cache
 
 from services.runtime.errors import InvalidArgument
 from services.runtime.ids import derived_id
@@ -202,7 +203,7 @@ class Journal:
         """A journal for an order fact (`fact` tells apart several of one kind, e.g. a refund's id); zero
         amounts are dropped (a clamped leg moves no money)."""
         business_key = "/".join(x for x in (kind.value, order_id, fact) if x)
-        return cls(derived_id("jnl", business_key), kind, business_key, order_id,
+        return cls(journal_id(kind, order_id, fact), kind, business_key, order_id,
                    tuple(p for p in postings if p.amount_fen != 0))
 
 
@@ -332,9 +333,20 @@ class Split:
         """The journals posted so far: the payment, each successful share, and the completion."""
         shares = [share_journal_id(self.order_id, leg.role) for leg in self.legs
                   if leg.is_receiver and leg.state is LegState.SUCCESS]
-        done = ([self.split_journal_id]
-                if self.state is SplitState.COMPLETED and completion_journal(self) is not None else [])
+        done = [self.split_journal_id] if self.state is SplitState.COMPLETED and self.completion is not None else []
         return (self.payment_journal_id, *shares, *done)
+
+    # A split never changes (progress makes a new one), so what follows from it is worked out once: the sharing
+    # job books it, announces it and reads it back within one pass.
+    @cached_property
+    def owed(self) -> tuple[Receivable, ...]:
+        """`owed_after_sharing`."""
+        return tuple(owed_after_sharing(self))
+
+    @cached_property
+    def completion(self) -> Journal | None:
+        """`completion_journal`."""
+        return completion_journal(self)
 
     def leg(self, role: SplitRole) -> SplitLeg | None:
         return next((leg for leg in self.legs if leg.role is role), None)
@@ -459,8 +471,10 @@ def share_caps(legs: Sequence[SplitLeg], cap_fen: int) -> list[SplitLeg]:
             continue
         shared = min(leg.amount_fen - leg.frozen_refund_fen, left)
         left -= shared
-        capped.append(dataclasses.replace(leg, shared_fen=shared,
-                                          state=LegState.PLANNED if shared else LegState.SUCCESS))
+        # Built directly rather than with dataclasses.replace: this runs for every leg of every paid order.
+        capped.append(SplitLeg(receiver=leg.receiver, role=leg.role, amount_fen=leg.amount_fen, shared_fen=shared,
+                               state=LegState.PLANNED if shared else LegState.SUCCESS, close_reason=leg.close_reason,
+                               refunded_fen=leg.refunded_fen, frozen_refund_fen=leg.frozen_refund_fen))
     return capped
 
 
@@ -487,6 +501,9 @@ def settle(order: PaidOrder, rates: SplitRates = SplitRates(), cap_bp: int = 10_
 # -- carrying the split out: profit sharing at the provider --------------------------------------------------
 
 
+# An order's journal ids are derived several times on its way (the payment, each share, the completion, and
+# each split read back for an event or an RPC), and a derivation is a SHA-1: the last few thousand are kept.
+@lru_cache(maxsize=16_384)
 def journal_id(kind: JournalKind, order_id: str, fact: str = "") -> str:
     return derived_id("jnl", "/".join(x for x in (kind.value, order_id, fact) if x))
 
@@ -546,7 +563,7 @@ def completion_journal(split: Split) -> Journal | None:
     rest = split.paid_fen - sum(leg.frozen_refund_fen for leg in split.legs) - shared
     postings = [Posting(AccountKey(split.dealer, Purpose.MERCHANT_FROZEN), -rest),
                 Posting(AccountKey(split.dealer, Purpose.MERCHANT_AVAILABLE), rest)]
-    for r in owed_after_sharing(split):
+    for r in split.owed:
         postings += [Posting(AccountKey(r.debtor, Purpose.PAYABLE), -r.amount_fen),
                      Posting(AccountKey(r.creditor, Purpose.RECEIVABLE), r.amount_fen)]
     postings = [p for p in _merge(postings) if p.amount_fen]
@@ -568,10 +585,9 @@ def progress_journals(before: Split, after: Split) -> list[Journal]:
     completion when the split turned COMPLETED."""
     journals = [share_journal(after, new) for old, new in zip(before.legs, after.legs, strict=True)
                 if new.is_receiver and new.state is LegState.SUCCESS and old.state is not LegState.SUCCESS]
-    if after.state is SplitState.COMPLETED and before.state is not SplitState.COMPLETED:
-        done = completion_journal(after)
-        if done is not None:
-            journals.append(done)
+    if after.state is SplitState.COMPLETED and before.state is not SplitState.COMPLETED \
+            and after.completion is not None:
+        journals.append(after.completion)
     return journals
 
 

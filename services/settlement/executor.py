@@ -43,17 +43,22 @@ class ProviderDisagrees(RuntimeError):
 
 def apply_results(split: Split, result: SharingOrderResult) -> Split:
     by_account = {r.account: r for r in result.receivers}
+    legs, changed = [], False
     for leg in split.legs:
         if not leg.is_receiver:
+            legs.append(leg)
             continue
         r = by_account.get(domain.receiver_account(leg.receiver))
         if r is None or r.amount_fen != leg.shared_fen:
             raise ProviderDisagrees(f"{result.out_order_no}: receiver {leg.receiver} answered {r}")
-        if leg.state in (LegState.SUCCESS, LegState.CLOSED):
-            continue  # final results never change
-        split = domain.with_leg(split, leg.role, state=LegState(r.state.value),
-                                close_reason=r.fail_reason if r.state is ReceiverState.CLOSED else "")
-    return split
+        state = LegState(r.state.value)
+        if leg.state in (LegState.SUCCESS, LegState.CLOSED) or state is leg.state:
+            legs.append(leg)  # final results never change; an unchanged one needs no new leg
+            continue
+        legs.append(dataclasses.replace(leg, state=state,
+                                        close_reason=r.fail_reason if r.state is ReceiverState.CLOSED else ""))
+        changed = True
+    return dataclasses.replace(split, legs=tuple(legs)) if changed else split
 
 
 def _all_final(split: Split) -> bool:
@@ -78,19 +83,20 @@ class SharingExecutor:
 
     async def run_once(self) -> int:
         """One pass over up to `batch` due splits; the number of splits worked on."""
-        async with self.engine.begin() as conn:
+        async with self.engine.connect() as conn:
             splits = await self.store.claim_due(conn, self.batch, self.lease_s)
         if not splits:
             return 0
         progress = await asyncio.gather(*(self._advance(s) for s in splits))
         self.hook("before_record")
+        settled = [(SPLIT_SETTLED, split_settled(p.after)) for p in progress
+                   if p.after.state is SplitState.COMPLETED and p.before.state is not SplitState.COMPLETED]
 
         async def record() -> None:
             async with self.engine.begin() as conn:
-                await self.store.advance(conn, progress)
-                for p in progress:
-                    if p.after.state is SplitState.COMPLETED:
-                        await outbox.add(conn, SPLIT_SETTLED, split_settled(p.after))
+                journals, owed = await self.store.record_progress(conn, progress)
+                await outbox.add_many(conn, settled)
+                await self.store.book(conn, journals, owed)
 
         # A deadlock victim is written again at once: otherwise its splits would sit out their whole lease.
         await retry_conflicts(record)
@@ -115,29 +121,31 @@ class SharingExecutor:
 
     async def _walk(self, split: Split) -> Split:
         merchant = domain.receiver_account(split.dealer)
-        if split.state is SplitState.SCHEDULED:
+        state = split.state
+        if state is SplitState.SCHEDULED:
             receivers = tuple(Receiver(domain.receiver_account(leg.receiver), leg.shared_fen)
                               for leg in split.legs if leg.is_receiver)
+            # With nothing to share (all of it stays with the dealer, or the cap lets nothing out) there is no
+            # sharing order to make or query: the split goes straight on to unfreezing.
             if receivers:
                 result = await self.provider.create_order(domain.request_no(split.order_id, "share"),
                                                           split.provider_txn_id, merchant, receivers)
                 self.hook("after_create")
-                split = dataclasses.replace(apply_results(split, result), state=SplitState.SHARING)
-            else:
-                split = dataclasses.replace(split, state=SplitState.SHARING)
-        if split.state is SplitState.SHARING and not _all_final(split):
+                split = apply_results(split, result)
+            state = SplitState.SHARING
+        if state is SplitState.SHARING and not _all_final(split):
             result = await self.provider.query_order(domain.request_no(split.order_id, "share"),
                                                      split.provider_txn_id)
             self.hook("after_query")
             split = apply_results(split, result)
-        if split.state is SplitState.SHARING and _all_final(split):
-            split = dataclasses.replace(split, state=SplitState.UNFREEZING)
-        if split.state is SplitState.UNFREEZING:
+        if state is SplitState.SHARING and _all_final(split):
+            state = SplitState.UNFREEZING
+        if state is SplitState.UNFREEZING:
             await self.provider.unfreeze(domain.request_no(split.order_id, "unfreeze"), split.provider_txn_id,
                                          merchant)
             self.hook("after_unfreeze")
-            split = dataclasses.replace(split, state=SplitState.COMPLETED)
-        return split
+            state = SplitState.COMPLETED
+        return split if state is split.state else dataclasses.replace(split, state=state)
 
 
 class DebtTransferJob:
@@ -229,8 +237,10 @@ class SplitReturnJob:
         for refund in ready:
             try:
                 async with self.engine.begin() as conn:
-                    await self.store.record_refund(conn, refund)
+                    applied = await self.store.apply_refund(conn, refund)
                     await self.store.unwait_refund(conn, refund)
+                    if applied is not None:
+                        await self.store.book(conn, [applied.journal], applied.owed)
             except Exception as exc:  # e.g. more than is left: keep it visible, do not block the others
                 _log.error("waiting refund cannot apply", order_id=refund.order_id, refund_id=refund.refund_id,
                            error=repr(exc))

@@ -33,23 +33,43 @@ def party_of(message: pb.Party) -> domain.Party:
 
 
 def split_pb(split: domain.Split) -> pb.OrderSplit:
-    return pb.OrderSplit(
-        order_id=split.order_id,
-        paid_fen=split.paid_fen,
-        legs=[pb.SplitLeg(receiver=party_pb(leg.receiver), role=ROLE[leg.role], amount_fen=leg.amount_fen,
-                          shared_fen=leg.shared_fen, deferred_fen=leg.deferred_fen,
-                          state=LEG_STATE[leg_state(split, leg)], close_reason=leg.close_reason)
-              for leg in split.legs],
-        journal_ids=list(split.journal_ids),
-        settled_at=timestamps.to_proto(split.settled_at),
-        cost_fen=split.cost_fen,
-        brand_funded_discount_fen=split.brand_funded_discount_fen,
-        receivables=[pb.Receivable(creditor=party_pb(r.creditor), debtor=party_pb(r.debtor),
-                                   amount_fen=r.amount_fen, reason=REASON[r.reason])
-                     for r in domain.owed_after_sharing(split)],
-        state=SPLIT_STATE[split.state],
-        cap_fen=split.cap_fen,
-    )
+    message = pb.OrderSplit()
+    _fill_split(message, split)
+    return message
+
+
+def _fill_split(message: pb.OrderSplit, split: domain.Split) -> None:
+    # Fields are set in place: nested messages passed as constructor arguments are built and then copied, which
+    # made this twice as slow, and it runs for every split the sharing job completes.
+    message.order_id = split.order_id
+    message.paid_fen = split.paid_fen
+    for leg in split.legs:
+        out = message.legs.add()
+        _set_party(out.receiver, leg.receiver)
+        out.role = ROLE[leg.role]
+        out.amount_fen = leg.amount_fen
+        out.shared_fen = leg.shared_fen
+        out.deferred_fen = leg.deferred_fen
+        out.state = LEG_STATE[leg_state(split, leg)]
+        out.close_reason = leg.close_reason
+    message.journal_ids.extend(split.journal_ids)
+    if split.settled_at is not None:
+        message.settled_at.CopyFrom(timestamps.to_proto(split.settled_at))
+    message.cost_fen = split.cost_fen
+    message.brand_funded_discount_fen = split.brand_funded_discount_fen
+    for r in split.owed:
+        out = message.receivables.add()
+        _set_party(out.creditor, r.creditor)
+        _set_party(out.debtor, r.debtor)
+        out.amount_fen = r.amount_fen
+        out.reason = REASON[r.reason]
+    message.state = SPLIT_STATE[split.state]
+    message.cap_fen = split.cap_fen
+
+
+def _set_party(message: pb.Party, party: domain.Party) -> None:
+    message.type = PARTY_TYPE[party.type]
+    message.id = party.id
 
 
 def leg_state(split: domain.Split, leg: domain.SplitLeg) -> domain.LegState:
@@ -60,8 +80,10 @@ def leg_state(split: domain.Split, leg: domain.SplitLeg) -> domain.LegState:
 
 
 def split_settled(split: domain.Split) -> events_pb2.OrderSplitSettled:
-    return events_pb2.OrderSplitSettled(order_id=split.order_id, brand_id=split.brand_id,
-                                        dealer_id=split.dealer_id, store_id=split.store_id, split=split_pb(split))
+    event = events_pb2.OrderSplitSettled(order_id=split.order_id, brand_id=split.brand_id,
+                                         dealer_id=split.dealer_id, store_id=split.store_id)
+    _fill_split(event.split, split)
+    return event
 
 
 def ledger_check_pb(check: domain.LedgerCheck) -> pb.VerifyLedgerResponse:

@@ -1,7 +1,8 @@
 """SQL for the settlement schema: the ledger and the order splits.
 
-Written for the consumer's batch transaction (many events per transaction): recording a split is one
-statement and posting any number of journals is one statement, whatever the number of legs."""
+Written for batches: recording any number of splits is one statement, posting any number of journals is one
+statement, and a sharing pass writes the progress of all its splits in one, whatever the number of legs.
+Whatever moves money goes last in its transaction and once (`LedgerStore.book`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from datetime import datetime
 
 from sqlalchemy import text
 
-from services.runtime.db import Connection
+from services.runtime.db import Connection, Row
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 
 from . import refunds
@@ -38,7 +39,6 @@ from .domain import (
     Statement,
     day_bounds,
     net_changes,
-    owed_after_sharing,
     progress_journals,
     reimbursement_journal,
     request_no,
@@ -49,48 +49,63 @@ from .reconciliation import BillLine, BillLineType, Reconciliation, Reconciliati
 from .reconciliation import BreakKind as ReconBreakKind
 from .refunds import Refund, RefundOutcome, SplitReturn, return_journal
 
-# The split row is the claim: ON CONFLICT DO NOTHING makes a second OrderPaid for the order a no-op, and the
-# legs and receivables are written only if this statement claimed it.
-_RECORD_SPLIT = text("""
+# The split row is the claim: ON CONFLICT DO NOTHING makes a second OrderPaid for an order a no-op, and only the
+# splits this statement claimed get their legs and receivables. Splits are inserted in order_id order, so two
+# batches that carry the same orders wait for each other on the first one they share instead of deadlocking.
+_RECORD_SPLITS = text("""
     WITH claimed AS (
         INSERT INTO splits (order_id, brand_id, dealer_id, store_id, provider_txn_id, paid_fen, cost_fen,
                             brand_funded_discount_fen, payment_journal_id, split_journal_id, paid_at, state,
                             cap_fen, due_at)
-        VALUES (:order_id, :brand_id, :dealer_id, :store_id, :provider_txn_id, :paid_fen, :cost_fen,
-                :brand_funded_discount_fen, :payment_journal_id, :split_journal_id, :paid_at, :state,
-                :cap_fen, clock_timestamp() + make_interval(secs => :delay_s))
+        SELECT s.order_id, s.brand_id, s.dealer_id, s.store_id, s.provider_txn_id, s.paid_fen, s.cost_fen,
+               s.brand_funded_discount_fen, s.payment_journal_id, s.split_journal_id, s.paid_at, s.state, s.cap_fen,
+               clock_timestamp() + make_interval(secs => :delay_s)
+        FROM unnest(CAST(:order_ids AS text[]), CAST(:brand_ids AS text[]), CAST(:dealer_ids AS text[]),
+                    CAST(:store_ids AS text[]), CAST(:provider_txn_ids AS text[]), CAST(:paid AS bigint[]),
+                    CAST(:cost AS bigint[]), CAST(:brand_funded AS bigint[]), CAST(:payment_journals AS text[]),
+                    CAST(:split_journals AS text[]), CAST(:paid_at AS timestamptz[]), CAST(:states AS text[]),
+                    CAST(:caps AS bigint[]))
+                 AS s(order_id, brand_id, dealer_id, store_id, provider_txn_id, paid_fen, cost_fen,
+                      brand_funded_discount_fen, payment_journal_id, split_journal_id, paid_at, state, cap_fen)
+        ORDER BY s.order_id
         ON CONFLICT (order_id) DO NOTHING
         RETURNING order_id, settled_at
     ), legs AS (
         INSERT INTO split_legs (order_id, leg, role, receiver_type, receiver_id, amount_fen, shared_fen, state)
-        SELECT c.order_id, l.leg, l.role, l.receiver_type, l.receiver_id, l.amount_fen, l.shared_fen, l.state
-        FROM claimed c,
-             unnest(CAST(:leg_roles AS text[]), CAST(:leg_types AS text[]), CAST(:leg_ids AS text[]),
-                    CAST(:leg_amounts AS bigint[]), CAST(:leg_shared AS bigint[]), CAST(:leg_states AS text[]))
-                 WITH ORDINALITY AS l(role, receiver_type, receiver_id, amount_fen, shared_fen, state, leg)
+        SELECT l.order_id, l.leg, l.role, l.receiver_type, l.receiver_id, l.amount_fen, l.shared_fen, l.state
+        FROM unnest(CAST(:leg_orders AS text[]), CAST(:leg_numbers AS smallint[]), CAST(:leg_roles AS text[]),
+                    CAST(:leg_types AS text[]), CAST(:leg_ids AS text[]), CAST(:leg_amounts AS bigint[]),
+                    CAST(:leg_shared AS bigint[]), CAST(:leg_states AS text[]))
+                 AS l(order_id, leg, role, receiver_type, receiver_id, amount_fen, shared_fen, state)
+        WHERE l.order_id IN (SELECT order_id FROM claimed)
     ), receivables AS (
         INSERT INTO split_receivables (order_id, reason, creditor_type, creditor_id, debtor_type, debtor_id,
                                        amount_fen, journal_id)
-        SELECT c.order_id, r.reason, r.creditor_type, r.creditor_id, r.debtor_type, r.debtor_id, r.amount_fen,
-               :split_journal_id
-        FROM claimed c,
-             unnest(CAST(:rec_reasons AS text[]), CAST(:rec_creditor_types AS text[]),
+        SELECT r.order_id, r.reason, r.creditor_type, r.creditor_id, r.debtor_type, r.debtor_id, r.amount_fen,
+               r.journal_id
+        FROM unnest(CAST(:rec_orders AS text[]), CAST(:rec_reasons AS text[]), CAST(:rec_creditor_types AS text[]),
                     CAST(:rec_creditor_ids AS text[]), CAST(:rec_debtor_types AS text[]),
-                    CAST(:rec_debtor_ids AS text[]), CAST(:rec_amounts AS bigint[]))
-                 AS r(reason, creditor_type, creditor_id, debtor_type, debtor_id, amount_fen)
+                    CAST(:rec_debtor_ids AS text[]), CAST(:rec_amounts AS bigint[]), CAST(:rec_journals AS text[]))
+                 AS r(order_id, reason, creditor_type, creditor_id, debtor_type, debtor_id, amount_fen, journal_id)
+        WHERE r.order_id IN (SELECT order_id FROM claimed)
     )
-    SELECT settled_at FROM claimed
+    SELECT order_id, settled_at FROM claimed
 """)
 
 # One statement posts a set of journals: the accounts are created on first use and their cached balances
-# moved by each account's net change (rows locked in the domain's lock order), the journals are inserted,
-# and the postings reference the accounts the upsert returned. The postings' deferred trigger re-checks at
-# commit that every journal balances.
+# moved by each account's net change (rows locked in the domain's lock order: the order of `touched`), the
+# journals are inserted, and the postings reference the accounts the upsert returned. A posting names its
+# journal and its account by their place in the statement's lists (integers, cheaper to send than the three
+# names of an account and a journal id per posting). The postings' statement trigger re-checks that every
+# journal balances and that every journal and account exists.
 _POST = text("""
-    WITH moved AS (
+    WITH touched AS (
+        SELECT * FROM unnest(CAST(:acc_types AS text[]), CAST(:acc_ids AS text[]), CAST(:acc_purposes AS text[]),
+                             CAST(:acc_changes AS bigint[]))
+                 WITH ORDINALITY AS t(party_type, party_id, purpose, change, n)
+    ), moved AS (
         INSERT INTO accounts AS a (party_type, party_id, purpose, balance_fen)
-        SELECT * FROM unnest(CAST(:acc_types AS text[]), CAST(:acc_ids AS text[]),
-                             CAST(:acc_purposes AS text[]), CAST(:acc_changes AS bigint[]))
+        SELECT party_type, party_id, purpose, change FROM touched ORDER BY n
         ON CONFLICT (party_type, party_id, purpose) DO UPDATE SET balance_fen = a.balance_fen + excluded.balance_fen
         RETURNING account_id, party_type, party_id, purpose
     ), journal AS (
@@ -100,30 +115,30 @@ _POST = text("""
                     CAST(:j_orders AS text[])) AS j(id, kind, key, order_id)
     )
     INSERT INTO postings (journal_id, account_id, amount_fen)
-    SELECT p.journal_id, m.account_id, p.amount_fen
-    FROM unnest(CAST(:p_journals AS text[]), CAST(:p_types AS text[]), CAST(:p_ids AS text[]),
-                CAST(:p_purposes AS text[]), CAST(:p_amounts AS bigint[])) WITH ORDINALITY
-             AS p(journal_id, party_type, party_id, purpose, amount_fen, n)
-    JOIN moved m USING (party_type, party_id, purpose)
+    SELECT j.id, m.account_id, p.amount_fen
+    FROM unnest(CAST(:p_journals AS integer[]), CAST(:p_accounts AS integer[]), CAST(:p_amounts AS bigint[]))
+             WITH ORDINALITY AS p(journal_n, account_n, amount_fen, n)
+    JOIN unnest(CAST(:j_ids AS text[])) WITH ORDINALITY AS j(id, n) ON j.n = p.journal_n
+    JOIN touched t ON t.n = p.account_n
+    JOIN moved m ON (m.party_type, m.party_id, m.purpose) = (t.party_type, t.party_id, t.purpose)
     ORDER BY p.n
 """)
 
+# A split with its legs and receivables, from one snapshot in one round trip.
 _SPLITS = text("""
-    SELECT order_id, brand_id, dealer_id, store_id, paid_fen, cost_fen, brand_funded_discount_fen,
-           payment_journal_id, split_journal_id, settled_at, state, provider_txn_id, cap_fen, revision
-    FROM splits WHERE order_id = ANY(:ids)
-""")
-_LEGS = text("""
-    SELECT order_id, role, receiver_type, receiver_id, amount_fen, shared_fen, state, close_reason, refunded_fen,
-           frozen_refund_fen
-    FROM split_legs WHERE order_id = ANY(:ids) ORDER BY order_id, leg
-""")
-_RECEIVABLES = text("""
-    SELECT order_id, reason, creditor_type, creditor_id, debtor_type, debtor_id, amount_fen
-    FROM split_receivables WHERE order_id = ANY(:ids) ORDER BY order_id, reason, creditor_type, creditor_id
+    SELECT s.order_id, s.brand_id, s.dealer_id, s.store_id, s.paid_fen, s.cost_fen, s.brand_funded_discount_fen,
+           s.payment_journal_id, s.split_journal_id, s.settled_at, s.state, s.provider_txn_id, s.cap_fen, s.revision,
+           ARRAY(SELECT ROW(l.role, l.receiver_type, l.receiver_id, l.amount_fen, l.shared_fen, l.state,
+                            l.close_reason, l.refunded_fen, l.frozen_refund_fen)
+                 FROM split_legs l WHERE l.order_id = s.order_id ORDER BY l.leg) AS legs,
+           ARRAY(SELECT ROW(r.reason, r.creditor_type, r.creditor_id, r.debtor_type, r.debtor_id, r.amount_fen)
+                 FROM split_receivables r WHERE r.order_id = s.order_id
+                 ORDER BY r.reason, r.creditor_type, r.creditor_id) AS receivables
+    FROM splits s WHERE s.order_id = ANY(:ids)
 """)
 # The sharing job leases due splits, so two replicas never work on one split at once; a crashed worker's
-# lease simply runs out.
+# lease simply runs out. The lease commits at once: a refund meanwhile sees the lease and waits, so the legs
+# read right after are the ones the job works from.
 _CLAIM_DUE = text("""
     UPDATE splits SET lease_until = clock_timestamp() + make_interval(secs => :lease_s), attempts = attempts + 1
     WHERE order_id IN (
@@ -134,22 +149,31 @@ _CLAIM_DUE = text("""
     RETURNING order_id
 """)
 # Progress is written only over the state it was computed from: a split moved on by someone else meanwhile
-# makes the rowcount fall short and the whole batch roll back.
-_ADVANCE_LEGS = text("""
-    UPDATE split_legs l SET state = u.state, close_reason = u.close_reason
-    FROM unnest(CAST(:orders AS text[]), CAST(:legs AS smallint[]), CAST(:old AS text[]), CAST(:new AS text[]),
-                CAST(:reasons AS text[])) AS u(order_id, leg, old_state, state, close_reason)
-    WHERE l.order_id = u.order_id AND l.leg = u.leg AND l.state = u.old_state
+# makes a count fall short and the whole batch roll back. The split rows are locked in order_id order first
+# (refund batches lock them in the same order), and a split's legs only once its row is held.
+_ADVANCE = text("""
+    WITH locked AS (
+        SELECT order_id FROM splits WHERE order_id = ANY(CAST(:orders AS text[])) ORDER BY order_id FOR UPDATE
+    ), moved AS (
+        UPDATE splits s SET state = u.state, lease_until = NULL, last_error = nullif(u.error, ''),
+            completed_at = CASE WHEN u.state = 'COMPLETED' THEN clock_timestamp() END,
+            due_at = clock_timestamp() + make_interval(secs => u.retry_s)
+        FROM locked JOIN unnest(CAST(:orders AS text[]), CAST(:old AS text[]), CAST(:new AS text[]),
+                                CAST(:errors AS text[]), CAST(:retry_s AS float8[]), CAST(:revisions AS integer[]))
+                 AS u(order_id, old_state, state, error, retry_s, revision) USING (order_id)
+        WHERE s.order_id = locked.order_id AND s.state = u.old_state AND s.revision = u.revision
+        RETURNING s.order_id
+    ), legs AS (
+        UPDATE split_legs l SET state = u.state, close_reason = u.close_reason
+        FROM moved JOIN unnest(CAST(:leg_orders AS text[]), CAST(:legs AS smallint[]), CAST(:leg_old AS text[]),
+                               CAST(:leg_new AS text[]), CAST(:reasons AS text[]))
+                 AS u(order_id, leg, old_state, state, close_reason) USING (order_id)
+        WHERE l.order_id = moved.order_id AND l.leg = u.leg AND l.state = u.old_state
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM moved) AS splits, (SELECT count(*) FROM legs) AS legs
 """)
-_ADVANCE_SPLITS = text("""
-    UPDATE splits s SET state = u.state, lease_until = NULL, last_error = nullif(u.error, ''),
-        completed_at = CASE WHEN u.state = 'COMPLETED' THEN clock_timestamp() END,
-        due_at = clock_timestamp() + make_interval(secs => u.retry_s)
-    FROM unnest(CAST(:orders AS text[]), CAST(:old AS text[]), CAST(:new AS text[]), CAST(:errors AS text[]),
-                CAST(:retry_s AS float8[]), CAST(:revisions AS integer[]))
-             AS u(order_id, old_state, state, error, retry_s, revision)
-    WHERE s.order_id = u.order_id AND s.state = u.old_state AND s.revision = u.revision
-""")
+# Debt rows are locked in (debtor, creditor) order by every statement that changes them.
 _ADD_DEBTS = text("""
     INSERT INTO debts AS d (creditor_type, creditor_id, debtor_type, debtor_id, outstanding_fen)
     SELECT ct, ci, dt, di, sum(amount)
@@ -190,11 +214,17 @@ _FINISH_TRANSFERS = text("""
         UPDATE debt_transfers SET state = 'DONE', done_at = clock_timestamp()
         WHERE transfer_no = ANY(:nos) AND state = 'REQUESTED'
         RETURNING creditor_type, creditor_id, debtor_type, debtor_id, amount_fen
+    ), locked AS (
+        SELECT d.debtor_type, d.debtor_id, d.creditor_type, d.creditor_id FROM debts d
+        JOIN done USING (debtor_type, debtor_id, creditor_type, creditor_id)
+        ORDER BY d.debtor_type, d.debtor_id, d.creditor_type, d.creditor_id
+        FOR UPDATE OF d
     )
     UPDATE debts d SET outstanding_fen = d.outstanding_fen - done.amount_fen, transfers = d.transfers + 1
     FROM done
     WHERE (d.creditor_type, d.creditor_id, d.debtor_type, d.debtor_id)
         = (done.creditor_type, done.creditor_id, done.debtor_type, done.debtor_id)
+      AND (d.debtor_type, d.debtor_id, d.creditor_type, d.creditor_id) IN (SELECT * FROM locked)
 """)
 _LOCK_SPLIT = text("""
     SELECT state, lease_until > clock_timestamp() AS leased FROM splits WHERE order_id = :o FOR UPDATE
@@ -301,9 +331,12 @@ _SAVE_RECONCILIATION = text("""
 _LOAD_RECONCILIATION = text("""
     SELECT day, bill_lines, ledger_lines, matched, breaks, reconciled_at FROM reconciliations WHERE day = :day
 """)
-_CLAIM_REIMBURSEMENT = text("""
+# The reimbursement row is the claim, once per voucher code (in code order, like the splits' claim).
+_CLAIM_REIMBURSEMENTS = text("""
     INSERT INTO voucher_reimbursements (code, brand_id, store_id, amount_fen, journal_id)
-    VALUES (:code, :brand_id, :store_id, :amount, :journal_id)
+    SELECT * FROM unnest(CAST(:codes AS text[]), CAST(:brand_ids AS text[]), CAST(:store_ids AS text[]),
+                         CAST(:amounts AS bigint[]), CAST(:journal_ids AS text[])) AS v(code, b, s, a, j)
+    ORDER BY v.code
     ON CONFLICT (code) DO NOTHING RETURNING code
 """)
 _WAIT_REFUND = text("""
@@ -346,45 +379,97 @@ _BALANCES = text("""
 """)
 
 
+# Stored names back to the domain's enums by plain lookup: calling an enum class costs five times as much, and
+# every split the sharing job reads has a dozen of them.
+_PARTY_TYPE = {t.value: t for t in PartyType}
+_ROLE = {r.value: r for r in SplitRole}
+_LEG_STATE = {s.value: s for s in LegState}
+_REASON = {r.value: r for r in ReceivableReason}
+_SPLIT_STATE = {s.value: s for s in SplitState}
+
+
+def _split_of(row: Row) -> Split:
+    return Split(
+        order_id=row.order_id, brand_id=row.brand_id, dealer_id=row.dealer_id, store_id=row.store_id,
+        paid_fen=row.paid_fen, cost_fen=row.cost_fen, brand_funded_discount_fen=row.brand_funded_discount_fen,
+        legs=tuple(SplitLeg(receiver=Party(_PARTY_TYPE[t], i), role=_ROLE[role], amount_fen=amount,
+                            shared_fen=shared, state=_LEG_STATE[state], close_reason=reason, refunded_fen=refunded,
+                            frozen_refund_fen=frozen)
+                   for role, t, i, amount, shared, state, reason, refunded, frozen in row.legs),
+        receivables=tuple(Receivable(creditor=Party(_PARTY_TYPE[ct], ci), debtor=Party(_PARTY_TYPE[dt], di),
+                                     amount_fen=amount, reason=_REASON[reason])
+                          for reason, ct, ci, dt, di, amount in row.receivables),
+        payment_journal_id=row.payment_journal_id, split_journal_id=row.split_journal_id,
+        settled_at=row.settled_at, state=_SPLIT_STATE[row.state], provider_txn_id=row.provider_txn_id,
+        cap_fen=row.cap_fen, revision=row.revision,
+    )
+
+
 class ConcurrentProgress(RuntimeError):
     """Another worker advanced a split meanwhile (its lease ran out): this batch's progress is dropped."""
 
 
 class LedgerStore:
+    async def record_splits(self, conn: Connection, settlements: Sequence[Settlement], delay_s: float = 0.0
+                            ) -> dict[str, datetime]:
+        """Claim the splits of these orders and write their legs and receivables, due for profit sharing in
+        `delay_s`, in one statement; the settled_at time of each split claimed now. An order split before is
+        left out (the caller must post nothing for it), and so is an order's second settlement in the batch."""
+        firsts: dict[str, Settlement] = {}
+        for s in settlements:
+            firsts.setdefault(s.split.order_id, s)
+        splits = [s.split for s in firsts.values()]
+        legs = [(split.order_id, n, leg) for split in splits for n, leg in enumerate(split.legs, 1)]
+        rec = [(split, r) for split in splits for r in split.receivables]
+        rows = await conn.execute(_RECORD_SPLITS, {
+            "order_ids": [x.order_id for x in splits], "brand_ids": [x.brand_id for x in splits],
+            "dealer_ids": [x.dealer_id for x in splits], "store_ids": [x.store_id for x in splits],
+            "provider_txn_ids": [s.order.provider_txn_id for s in firsts.values()],
+            "paid": [x.paid_fen for x in splits], "cost": [x.cost_fen for x in splits],
+            "brand_funded": [x.brand_funded_discount_fen for x in splits],
+            "payment_journals": [x.payment_journal_id for x in splits],
+            "split_journals": [x.split_journal_id for x in splits],
+            "paid_at": [s.order.paid_at for s in firsts.values()], "states": [x.state.value for x in splits],
+            "caps": [x.cap_fen for x in splits], "delay_s": delay_s,
+            "leg_orders": [o for o, _, _ in legs], "leg_numbers": [n for _, n, _ in legs],
+            "leg_roles": [leg.role.value for _, _, leg in legs],
+            "leg_types": [leg.receiver.type.value for _, _, leg in legs],
+            "leg_ids": [leg.receiver.id for _, _, leg in legs],
+            "leg_amounts": [leg.amount_fen for _, _, leg in legs],
+            "leg_shared": [leg.shared_fen for _, _, leg in legs],
+            "leg_states": [leg.state.value for _, _, leg in legs],
+            "rec_orders": [x.order_id for x, _ in rec], "rec_reasons": [r.reason.value for _, r in rec],
+            "rec_creditor_types": [r.creditor.type.value for _, r in rec],
+            "rec_creditor_ids": [r.creditor.id for _, r in rec],
+            "rec_debtor_types": [r.debtor.type.value for _, r in rec],
+            "rec_debtor_ids": [r.debtor.id for _, r in rec], "rec_amounts": [r.amount_fen for _, r in rec],
+            "rec_journals": [x.split_journal_id for x, _ in rec],
+        })
+        return {row.order_id: row.settled_at for row in rows}
+
     async def record_split(self, conn: Connection, settlement: Settlement, delay_s: float = 0.0
                            ) -> datetime | None:
-        """Claim the order's split and write its legs, due for profit sharing in `delay_s`; the settled_at
-        time, or None if the order had been split already (the caller must then post nothing)."""
-        split = settlement.split
-        rec = split.receivables
-        row = (await conn.execute(_RECORD_SPLIT, {
-            "order_id": split.order_id, "brand_id": split.brand_id, "dealer_id": split.dealer_id,
-            "store_id": split.store_id, "provider_txn_id": settlement.order.provider_txn_id,
-            "paid_fen": split.paid_fen, "cost_fen": split.cost_fen,
-            "brand_funded_discount_fen": split.brand_funded_discount_fen,
-            "payment_journal_id": split.payment_journal_id, "split_journal_id": split.split_journal_id,
-            "paid_at": settlement.order.paid_at, "state": split.state.value, "cap_fen": split.cap_fen,
-            "delay_s": delay_s,
-            "leg_roles": [leg.role.value for leg in split.legs],
-            "leg_types": [leg.receiver.type.value for leg in split.legs],
-            "leg_ids": [leg.receiver.id for leg in split.legs],
-            "leg_amounts": [leg.amount_fen for leg in split.legs],
-            "leg_shared": [leg.shared_fen for leg in split.legs],
-            "leg_states": [leg.state.value for leg in split.legs],
-            "rec_reasons": [r.reason.value for r in rec],
-            "rec_creditor_types": [r.creditor.type.value for r in rec],
-            "rec_creditor_ids": [r.creditor.id for r in rec],
-            "rec_debtor_types": [r.debtor.type.value for r in rec],
-            "rec_debtor_ids": [r.debtor.id for r in rec],
-            "rec_amounts": [r.amount_fen for r in rec],
-        })).first()
-        return None if row is None else row.settled_at
+        """`record_splits` for one order: its settled_at time, or None if it had been split already."""
+        return (await self.record_splits(conn, [settlement], delay_s)).get(settlement.split.order_id)
 
     async def post(self, conn: Connection, journals: Sequence[Journal]) -> None:
         """Append balanced journals to the ledger and move the cached balances with them, atomically with
-        the caller's transaction. A journal whose business key was posted before fails the transaction."""
+        the caller's transaction. A journal whose business key was posted before fails the transaction.
+
+        Every account row the journals touch is locked here, in lock order, by this one statement: make it
+        the last of the transaction (see `book`) and post once per transaction, so that no two transactions
+        ever wait for each other's accounts in opposite orders and the hot ones stay locked only until the
+        commit."""
+        if not journals:
+            return
         changes = net_changes(journals)
-        postings = [(j.journal_id, p) for j in journals for p in j.postings]
+        account_n = {account: n for n, (account, _) in enumerate(changes, 1)}
+        p_journals, p_accounts, p_amounts = [], [], []
+        for journal_n, j in enumerate(journals, 1):
+            for p in j.postings:
+                p_journals.append(journal_n)
+                p_accounts.append(account_n[p.account])
+                p_amounts.append(p.amount_fen)
         result = await conn.execute(_POST, {
             "acc_types": [k.party.type.value for k, _ in changes],
             "acc_ids": [k.party.id for k, _ in changes],
@@ -394,74 +479,61 @@ class LedgerStore:
             "j_kinds": [j.kind.value for j in journals],
             "j_keys": [j.business_key for j in journals],
             "j_orders": [j.order_id for j in journals],
-            "p_journals": [jid for jid, _ in postings],
-            "p_types": [p.account.party.type.value for _, p in postings],
-            "p_ids": [p.account.party.id for _, p in postings],
-            "p_purposes": [p.account.purpose.value for _, p in postings],
-            "p_amounts": [p.amount_fen for _, p in postings],
+            "p_journals": p_journals, "p_accounts": p_accounts, "p_amounts": p_amounts,
         })
-        if result.rowcount != len(postings):
+        if result.rowcount != len(p_amounts):
             # Every posting's account is among the upserted ones, so this is a bug, never bad input.
-            raise RuntimeError(f"posted {result.rowcount} of {len(postings)} postings")
+            raise RuntimeError(f"posted {result.rowcount} of {len(p_amounts)} postings")
+
+    async def book(self, conn: Connection, journals: Sequence[Journal], owed: Sequence[Receivable] = ()) -> None:
+        """What moves money, as the last statements of the caller's transaction: the debts the journals leave
+        (debt rows in (debtor, creditor) order), then the journals themselves (account rows in lock order).
+        The rows every concurrent writer shares are taken here and nowhere earlier, so they are held for these
+        two statements and the commit, whatever else the transaction did before."""
+        if owed:
+            await self.add_debts(conn, owed)
+        await self.post(conn, journals)
 
     async def split(self, conn: Connection, order_id: str) -> Split | None:
         found = await self.splits(conn, [order_id])
         return found[0] if found else None
 
     async def splits(self, conn: Connection, order_ids: Sequence[str]) -> list[Split]:
-        """The splits of these orders (those that exist), in the given order, in three statements."""
+        """The splits of these orders (those that exist), in the given order, in one statement."""
         ids = list(order_ids)
         rows = {r.order_id: r for r in (await conn.execute(_SPLITS, {"ids": ids})).all()}
-        legs: dict[str, list[SplitLeg]] = {}
-        for r in (await conn.execute(_LEGS, {"ids": ids})).all():
-            legs.setdefault(r.order_id, []).append(SplitLeg(
-                Party(PartyType(r.receiver_type), r.receiver_id), SplitRole(r.role), r.amount_fen,
-                r.shared_fen, LegState(r.state), r.close_reason, r.refunded_fen, r.frozen_refund_fen))
-        receivables: dict[str, list[Receivable]] = {}
-        for r in (await conn.execute(_RECEIVABLES, {"ids": ids})).all():
-            receivables.setdefault(r.order_id, []).append(Receivable(
-                Party(PartyType(r.creditor_type), r.creditor_id), Party(PartyType(r.debtor_type), r.debtor_id),
-                r.amount_fen, ReceivableReason(r.reason)))
-        return [Split(
-            order_id=row.order_id, brand_id=row.brand_id, dealer_id=row.dealer_id, store_id=row.store_id,
-            paid_fen=row.paid_fen, cost_fen=row.cost_fen, brand_funded_discount_fen=row.brand_funded_discount_fen,
-            legs=tuple(legs.get(row.order_id, ())), receivables=tuple(receivables.get(row.order_id, ())),
-            payment_journal_id=row.payment_journal_id, split_journal_id=row.split_journal_id,
-            settled_at=row.settled_at, state=SplitState(row.state), provider_txn_id=row.provider_txn_id,
-            cap_fen=row.cap_fen, revision=row.revision,
-        ) for oid in ids if (row := rows.get(oid)) is not None]
+        return [_split_of(row) for oid in ids if (row := rows.get(oid)) is not None]
 
     async def claim_due(self, conn: Connection, limit: int, lease_s: float) -> list[Split]:
-        """Lease up to `limit` splits whose next sharing step is due."""
+        """Lease up to `limit` splits whose next sharing step is due. Run it outside a transaction (`connect`):
+        the lease must be committed before the splits are read (see _CLAIM_DUE)."""
         ids = [r.order_id for r in (await conn.execute(_CLAIM_DUE, {"n": limit, "lease_s": lease_s})).all()]
         return await self.splits(conn, ids) if ids else []
 
-    async def advance(self, conn: Connection, progress: Sequence[Progress]) -> None:
-        """Write each split's progress over the state it was computed from, and post the journals that
-        progress implies (new successful shares, completions), all in the caller's transaction."""
-        legs = [(p.after.order_id, i + 1, old.state.value, new.state.value, new.close_reason)
-                for p in progress for i, (old, new) in enumerate(zip(p.before.legs, p.after.legs, strict=True))
+    async def record_progress(self, conn: Connection, progress: Sequence[Progress]
+                              ) -> tuple[list[Journal], list[Receivable]]:
+        """Write each split's progress over the state it was computed from, in one statement; the journals
+        that progress implies (new successful shares, completions) and the debts completed splits leave, for
+        the caller to `book` as the last step of its transaction."""
+        ordered = sorted(progress, key=lambda p: p.after.order_id)
+        legs = [(p.after.order_id, n, old.state.value, new.state.value, new.close_reason)
+                for p in ordered for n, (old, new) in enumerate(zip(p.before.legs, p.after.legs, strict=True), 1)
                 if old.state is not new.state]
-        if legs:
-            result = await conn.execute(_ADVANCE_LEGS, {
-                "orders": [x[0] for x in legs], "legs": [x[1] for x in legs], "old": [x[2] for x in legs],
-                "new": [x[3] for x in legs], "reasons": [x[4] for x in legs]})
-            if result.rowcount != len(legs):
-                raise ConcurrentProgress(f"{len(legs) - result.rowcount} legs moved on meanwhile")
-        if progress:
-            result = await conn.execute(_ADVANCE_SPLITS, {
-                "orders": [p.after.order_id for p in progress], "old": [p.before.state.value for p in progress],
-                "new": [p.after.state.value for p in progress], "errors": [p.error for p in progress],
-                "retry_s": [p.retry_s for p in progress], "revisions": [p.before.revision for p in progress]})
-            if result.rowcount != len(progress):
-                raise ConcurrentProgress(f"{len(progress) - result.rowcount} splits moved on meanwhile")
+        if ordered:
+            counts = (await conn.execute(_ADVANCE, {
+                "orders": [p.after.order_id for p in ordered], "old": [p.before.state.value for p in ordered],
+                "new": [p.after.state.value for p in ordered], "errors": [p.error for p in ordered],
+                "retry_s": [p.retry_s for p in ordered], "revisions": [p.before.revision for p in ordered],
+                "leg_orders": [x[0] for x in legs], "legs": [x[1] for x in legs], "leg_old": [x[2] for x in legs],
+                "leg_new": [x[3] for x in legs], "reasons": [x[4] for x in legs]})).one()
+            if counts.splits != len(ordered):
+                raise ConcurrentProgress(f"{len(ordered) - counts.splits} splits moved on meanwhile")
+            if counts.legs != len(legs):
+                raise ConcurrentProgress(f"{len(legs) - counts.legs} legs moved on meanwhile")
         journals = [j for p in progress for j in progress_journals(p.before, p.after)]
-        if journals:
-            await self.post(conn, journals)
         owed = [r for p in progress if p.after.state is SplitState.COMPLETED
-                and p.before.state is not SplitState.COMPLETED for r in owed_after_sharing(p.after)]
-        if owed:
-            await self.add_debts(conn, owed)
+                and p.before.state is not SplitState.COMPLETED for r in p.after.owed]
+        return journals, owed
 
     async def plan_transfers(self, conn: Connection, limit: int) -> int:
         """Record the next transfer for up to `limit` dealers that owe something and can pay."""
@@ -489,7 +561,7 @@ class LedgerStore:
         result = await conn.execute(_FINISH_TRANSFERS, {"nos": [t.transfer_no for t in transfers]})
         if result.rowcount != len(transfers):
             raise ConcurrentProgress(f"{len(transfers) - result.rowcount} transfers finished meanwhile")
-        await self.post(conn, [transfer_journal(t) for t in transfers])
+        await self.book(conn, [transfer_journal(t) for t in transfers])
 
     async def balances(self, conn: Connection, party: Party) -> dict[Purpose, int]:
         rows = (await conn.execute(_BALANCES, {"party_type": party.type.value, "party_id": party.id})).all()
@@ -514,9 +586,17 @@ class LedgerStore:
     # -- refunds -----------------------------------------------------------------------------------------
 
     async def record_refund(self, conn: Connection, refund: Refund) -> RefundOutcome | None:
-        """Apply a refund to its order's split: claw-backs on the legs, the refund journal, the split
-        returns to request and what receivers now owe, in the caller's transaction. None if this refund id
-        was recorded before (a replay has no second effect)."""
+        """Apply a refund to its order's split and book it: claw-backs on the legs, the split returns to
+        request, the refund journal and what receivers now owe, in the caller's transaction. None if this
+        refund id was recorded before (a replay has no second effect)."""
+        outcome = await self.apply_refund(conn, refund)
+        if outcome is not None:
+            await self.book(conn, [outcome.journal], outcome.owed)
+        return outcome
+
+    async def apply_refund(self, conn: Connection, refund: Refund) -> RefundOutcome | None:
+        """`record_refund` without the booking: the split's side only, with the split row locked first. The
+        outcome's journal and debts are for the caller to `book` (once for all the refunds of a batch)."""
         lock = (await conn.execute(_LOCK_SPLIT, {"o": refund.order_id})).first()
         if lock is None:
             raise NotFound("order split", refund.order_id)
@@ -543,9 +623,6 @@ class LedgerStore:
             "ret_amounts": [r.amount_fen for r in outcome.returns],
             "cap": after.cap_fen, "revision": after.revision,
         })
-        await self.post(conn, [outcome.journal])
-        if outcome.owed:
-            await self.add_debts(conn, outcome.owed)
         return outcome
 
     async def wait_refund(self, conn: Connection, refund: Refund) -> None:
@@ -574,14 +651,14 @@ class LedgerStore:
 
     async def finish_returns(self, conn: Connection, done: Sequence[tuple[SplitReturn, Party]],
                              failed: Sequence[tuple[SplitReturn, str]], retry_s: float) -> None:
+        if failed:
+            await conn.execute(_RETURNS_RETRY, {"nos": [r.return_no for r, _ in failed],
+                                                "errors": [e[:500] for _, e in failed], "retry_s": retry_s})
         if done:
             result = await conn.execute(_RETURNS_DONE, {"nos": [r.return_no for r, _ in done]})
             if result.rowcount != len(done):
                 raise ConcurrentProgress(f"{len(done) - result.rowcount} split returns finished meanwhile")
-            await self.post(conn, [return_journal(r, dealer) for r, dealer in done])
-        if failed:
-            await conn.execute(_RETURNS_RETRY, {"nos": [r.return_no for r, _ in failed],
-                                                "errors": [e[:500] for _, e in failed], "retry_s": retry_s})
+            await self.book(conn, [return_journal(r, dealer) for r, dealer in done])
 
     # -- reading a party's figures -----------------------------------------------------------------------
 
@@ -644,11 +721,21 @@ class LedgerStore:
 
     async def reimburse(self, conn: Connection, redemption: CounterRedemption) -> bool:
         """Book the brand's reimbursement of a counter-redeemed voucher; False if it was booked before."""
-        journal = reimbursement_journal(redemption)
-        claimed = (await conn.execute(_CLAIM_REIMBURSEMENT, {
-            "code": redemption.code, "brand_id": redemption.brand_id, "store_id": redemption.store_id,
-            "amount": redemption.reimbursement_fen, "journal_id": journal.journal_id})).first()
-        if claimed is None:
-            return False
-        await self.post(conn, [journal])
-        return True
+        return bool(await self.reimburse_many(conn, [redemption]))
+
+    async def reimburse_many(self, conn: Connection, redemptions: Sequence[CounterRedemption]
+                             ) -> list[CounterRedemption]:
+        """`reimburse` for many vouchers in two statements: the ones booked now (a voucher booked before, or
+        twice in `redemptions`, is booked once)."""
+        firsts: dict[str, tuple[CounterRedemption, Journal]] = {}
+        for r in redemptions:
+            if r.code not in firsts:
+                firsts[r.code] = (r, reimbursement_journal(r))
+        rows = await conn.execute(_CLAIM_REIMBURSEMENTS, {
+            "codes": list(firsts), "brand_ids": [r.brand_id for r, _ in firsts.values()],
+            "store_ids": [r.store_id for r, _ in firsts.values()],
+            "amounts": [r.reimbursement_fen for r, _ in firsts.values()],
+            "journal_ids": [j.journal_id for _, j in firsts.values()]})
+        claimed = [firsts[code] for code in sorted(row.code for row in rows)]
+        await self.book(conn, [j for _, j in claimed])
+        return [r for r, _ in claimed]

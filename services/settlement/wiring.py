@@ -31,11 +31,11 @@ async def wire(rt: Runtime) -> Wiring:
         servicers=[(settlement_pb2_grpc.add_SettlementServiceServicer_to_server, api, full_name)],
         subscriptions=[
             Subscription("settlement-order-paid", "ORDERS", "orders.order.paid", orders_events.OrderPaid,
-                         OrderPaidHandler(store, cfg)),
+                         batch_handler=OrderPaidHandler(store, cfg)),
             Subscription("settlement-order-refunded", "ORDERS", "orders.order.refunded", orders_events.OrderRefunded,
-                         RefundHandler(store)),
+                         batch_handler=RefundHandler(store)),
             Subscription("settlement-counter-redemption", "MARKETING", "marketing.coupon.redeemed_at_counter",
-                         marketing_events.CouponRedeemedAtCounter, CounterRedemptionHandler(store)),
+                         marketing_events.CouponRedeemedAtCounter, batch_handler=CounterRedemptionHandler(store)),
         ],
         jobs=[executor.run, returns.run, lambda: transfers.run(cfg.transfer_interval_s)],
     )

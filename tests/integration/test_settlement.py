@@ -364,3 +364,38 @@ def test_the_ledger_refuses_unbalanced_or_rewritten_journals(stack, clients):
     assert db(stack, "SELECT 1 FROM journals WHERE journal_id = $1", jid) == []
     assert asyncio.run(attempt(["UPDATE settlement.postings SET amount_fen = amount_fen + 1"])) == "23001"
     assert asyncio.run(attempt(["DELETE FROM settlement.journals"])) == "23001"
+
+
+def test_a_posting_must_name_an_existing_journal_and_account_and_accounts_stay(stack, clients):
+    event = paid_event(uid("brd"), uid("dlr"), [(1, 2_000, 1_000)])
+    publish(stack, event)
+    wait_split(clients, event.order.order_id)
+
+    async def attempt(statements: list[str]) -> str:
+        conn = await asyncpg.connect(stack.admin_url, server_settings={"search_path": "public"})
+        try:
+            async with conn.transaction():
+                for sql in statements:
+                    await conn.execute(sql)
+        except asyncpg.PostgresError as exc:
+            return exc.sqlstate
+        finally:
+            await conn.close()
+        return "committed"
+
+    jid, missing = uid("jnl"), uid("jnl")
+    accounts = "(SELECT account_id FROM settlement.accounts ORDER BY account_id LIMIT 1)"
+    journal = f"INSERT INTO settlement.journals (journal_id, kind, business_key) VALUES ('{jid}', 'TEST', '{jid}')"
+    # Balanced, but one leg's account does not exist; then balanced on real accounts, but no such journal.
+    assert asyncio.run(attempt([journal, f"""
+        INSERT INTO settlement.postings (journal_id, account_id, amount_fen)
+        VALUES ('{jid}', {accounts}, 100), ('{jid}', -1, -100)"""])) == "23503"  # foreign_key_violation
+    assert asyncio.run(attempt([f"""
+        INSERT INTO settlement.postings (journal_id, account_id, amount_fen)
+        VALUES ('{missing}', {accounts}, 100), ('{missing}', {accounts}, -100)"""])) == "23503"
+    assert db(stack, "SELECT 1 FROM postings WHERE journal_id = ANY($1)", [jid, missing]) == []
+    # Postings refer to accounts by id: an account is never deleted, truncated or renumbered.
+    for statement in ("DELETE FROM settlement.accounts", "TRUNCATE settlement.accounts CASCADE",
+                      "UPDATE settlement.accounts SET account_id = DEFAULT"):
+        assert asyncio.run(attempt([statement])) == "23001", statement  # restrict_violation
+    assert clients.settlement.VerifyLedger(pb.VerifyLedgerRequest()).ok

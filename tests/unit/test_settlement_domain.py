@@ -335,3 +335,34 @@ def test_no_more_than_the_cap_is_shared_and_the_rest_of_each_leg_is_owed(o, rate
     for party, figure in unclamped(o, rates).items():
         assert sum(v for (p, _), v in c.items() if p == party) == figure
     assert c[(DEALER, Purpose.MERCHANT_FROZEN)] == 0
+
+
+def test_journal_ids_are_the_derived_ids_of_their_business_keys_however_often_asked():
+    from services.runtime.ids import derived_id
+
+    for _ in range(2):  # the second time from the cache
+        assert domain.journal_id(JournalKind.SHARE, "ord_9", "GUIDE_COMMISSION") == derived_id(
+            "jnl", "SHARE/ord_9/GUIDE_COMMISSION")
+        assert domain.journal_id(JournalKind.ORDER_PAYMENT, "ord_9") == derived_id("jnl", "ORDER_PAYMENT/ord_9")
+    j = Journal.of(JournalKind.REFUND, "ord_9", [Posting(AccountKey(DEALER, Purpose.MERCHANT_FROZEN), -5),
+                                                   Posting(AccountKey(DEALER, Purpose.MERCHANT_AVAILABLE), 5)], "rf_1")
+    assert (j.journal_id, j.business_key) == (derived_id("jnl", "REFUND/ord_9/rf_1"), "REFUND/ord_9/rf_1")
+
+
+@settings(deadline=None)
+@given(orders(), split_rates(), st.integers(0, 10_000))
+def test_what_a_split_leaves_owed_and_its_completion_are_worked_out_once_and_never_go_stale(o, rates, cap_bp):
+    split = domain.settle(o, rates, cap_bp).split
+    for leg in split.legs:
+        if leg.is_receiver:
+            split = domain.with_leg(split, leg.role, state=domain.LegState.SUCCESS)
+    done = dataclasses.replace(split, state=domain.SplitState.COMPLETED)
+    assert done.owed == tuple(domain.owed_after_sharing(done))
+    assert done.completion == domain.completion_journal(done)
+    assert done.completion is done.completion
+    # A split is never changed but replaced: a replaced one works its figures out afresh.
+    receivers = [leg for leg in done.legs if leg.is_receiver]
+    if receivers:
+        closed = domain.with_leg(done, receivers[0].role, state=domain.LegState.CLOSED)
+        assert closed.owed == tuple(domain.owed_after_sharing(closed)) != done.owed
+        assert closed.completion == domain.completion_journal(closed)
