@@ -38,7 +38,8 @@ _CLAIM = text(
 _CLAIM_MANY = text(
     "INSERT INTO inbox (consumer, message_id, subject) "
     "SELECT :consumer, m.id, m.subject FROM unnest(CAST(:mids AS text[]), CAST(:subjects AS text[])) AS m(id, subject) "
-    "ON CONFLICT DO NOTHING RETURNING message_id"
+    # In key order: two replicas claiming overlapping batches then wait for each other instead of deadlocking.
+    "ORDER BY m.id ON CONFLICT DO NOTHING RETURNING message_id"
 )
 _log = log.get(__name__)
 

@@ -3,9 +3,12 @@ the right edge of their B-tree."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import uuid
+
+_URL_NAMESPACE = uuid.NAMESPACE_URL.bytes
 
 
 def _uuid7_int() -> int:
@@ -28,5 +31,12 @@ def new_id(prefix: str) -> str:
 
 
 def derived_id(prefix: str, *parts: str) -> str:
-    """A deterministic id from other identifiers: a retried step derives the same id again."""
-    return f"{prefix}_{uuid.uuid5(uuid.NAMESPACE_URL, '/'.join(parts)).hex}"
+    """A deterministic id from other identifiers: a retried step derives the same id again.
+
+    The UUID is version 5 in the URL namespace (what `uuid.uuid5(NAMESPACE_URL, name)` gives), computed
+    straight from the SHA-1 bytes: ~3x cheaper than through uuid.UUID, and the suite derives several ids
+    per order."""
+    digest = bytearray(hashlib.sha1(_URL_NAMESPACE + "/".join(parts).encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    return f"{prefix}_{digest.hex()}"

@@ -242,7 +242,7 @@ async def test_through_the_consumer_a_malformed_event_is_dead_lettered_and_the_r
                                   config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
     sub = Subscription(durable, "CATALOG", subject, order_events.OrderPaid,
                        batch_handler=OrderPaidHandler(LedgerStore(), CONFIG))
-    consumer = Consumer(lab, js, sub, batch=50, max_deliver=2, ack_wait_s=2)
+    consumer = Consumer(lab, nc, sub, batch=50, max_deliver=2, ack_wait_s=2)
     task = asyncio.create_task(consumer.run())
     try:
         deadline = time.monotonic() + 20

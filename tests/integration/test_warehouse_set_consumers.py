@@ -218,6 +218,9 @@ class _Counting:
         self.statements += 1
         return await self.conn.execute(*args, **kwargs)
 
+    def after_commit(self, callback) -> None:  # type: ignore[no-untyped-def]
+        self.conn.after_commit(callback)
+
 
 def _delivery() -> Delivery:
     return Delivery(message_id=event_id(), subject="orders.order.paid", created_ms=0, attempt=1)

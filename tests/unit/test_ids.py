@@ -15,3 +15,17 @@ def test_new_ids_are_unique_and_prefixed():
 
 def test_derived_ids_are_deterministic():
     assert derived_id("ord", "key-1") == derived_id("ord", "key-1") != derived_id("ord", "key-2")
+
+
+def test_derived_ids_are_the_uuid5_of_their_parts():
+    """Ids derived before and after the faster computation are the same ids (they are stored keys)."""
+    import uuid
+
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    @given(st.lists(st.text(), min_size=1, max_size=4))
+    def same(parts: list[str]) -> None:
+        assert derived_id("x", *parts) == f"x_{uuid.uuid5(uuid.NAMESPACE_URL, '/'.join(parts)).hex}"
+
+    same()
