@@ -16,7 +16,7 @@ from services.runtime.idempotency import request_hash, run_idempotent
 from . import domain
 from .placement import Placement
 from .recent import UnpaidOrders
-from .store import OrderStore
+from .store import OrderStore, Paying
 
 SUBJECT_ORDER_PAID = "orders.order.paid"
 SUBJECT_ORDER_CANCELLED = "orders.order.cancelled"
@@ -104,20 +104,22 @@ class OrderApi(orders_pb2_grpc.OrderServiceServicer):
         # Read, decide, then one conditional write: if a concurrent notification or a cancel changed the
         # order in between, the write changes nothing and the order is read and judged again. A transaction
         # id can pay one order only (payments key).
-        cached = self.unpaid.take(request.order_id)
-        async with self.engine.connect() as conn:
-            while True:
-                order, cached = cached or await self.store.order(conn, request.order_id), None
+        order = self.unpaid.take(request.order_id)
+        while True:
+            if order is None:
+                async with self.engine.connect() as conn:
+                    order = await self.store.order(conn, request.order_id)
                 if order is None:
                     raise NotFound("order", request.order_id)
-                if domain.is_repeated_notification(order, request.provider_txn_id, request.amount_fen):
-                    return pb.RecordPaymentResponse(order=order_pb(order))
-                paid = domain.pay(order, request.provider_txn_id, request.amount_fen, timestamps.now())
-                snapshot = order_pb(paid)
-                event = events_pb2.OrderPaid(order=snapshot, provider_txn_id=paid.payment_txn_id,
-                                             paid_at=timestamps.to_proto(paid.paid_at))
-                if await self.store.record_payment(conn, paid, request.amount_fen, SUBJECT_ORDER_PAID, event):
-                    return pb.RecordPaymentResponse(order=snapshot)
+            if domain.is_repeated_notification(order, request.provider_txn_id, request.amount_fen):
+                return pb.RecordPaymentResponse(order=order_pb(order))
+            paid = domain.pay(order, request.provider_txn_id, request.amount_fen, timestamps.now())
+            snapshot = order_pb(paid)
+            event = events_pb2.OrderPaid(order=snapshot, provider_txn_id=paid.payment_txn_id,
+                                         paid_at=timestamps.to_proto(paid.paid_at))
+            if await self.placement.writes.pay(Paying(paid, request.amount_fen, SUBJECT_ORDER_PAID, event)):
+                return pb.RecordPaymentResponse(order=snapshot)
+            order = None  # it changed since it was read: read it again
 
     async def GetOrder(self, request: pb.GetOrderRequest, context) -> pb.GetOrderResponse:
         async with self.engine.connect() as conn:

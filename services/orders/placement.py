@@ -29,7 +29,8 @@ from services.runtime.idempotency import request_hash
 from services.runtime.ids import derived_id
 
 from . import domain
-from .store import OrderStore, Refusal
+from .batching import OrderWrites
+from .store import OrderStore, Placing, Refusal
 
 _STATUS_DETAILS = "grpc-status-details-bin"
 # A coupon refused for one of these reasons is refused for good: the stock held for the order is given back.
@@ -64,6 +65,7 @@ class Placement:
     ):
         self.engine = engine
         self.store = store
+        self.writes = OrderWrites(engine, store)
         self.catalog = catalog
         self.warehouse = warehouse
         self.marketing = marketing
@@ -93,16 +95,16 @@ class Placement:
                              (request.deliver_to.latitude, request.deliver_to.longitude)
                              if request.HasField("deliver_to") else None)
 
-        async with self.engine.connect() as conn:
-            prior = await self.store.prior(conn, key)
-            if prior is not None:
-                _check_same_request(prior.request_hash, digest)
-                if prior.order_id is not None:
+        prior = await self.writes.prior(key)
+        if prior is not None:
+            _check_same_request(prior.request_hash, digest)
+            if prior.order_id is not None:
+                async with self.engine.connect() as conn:
                     order = await self.store.order(conn, prior.order_id)
-                    assert order is not None
-                    return order
-        if prior is not None and prior.refusal is not None:
-            _replay(prior.refusal)
+                assert order is not None
+                return order
+            if prior.refusal is not None:
+                _replay(prior.refusal)
 
         order_id = derived_id("ord", key)
         store, quotes, credited = await self._quote(request)
@@ -117,9 +119,9 @@ class Placement:
         order = domain.new_order(order_id, store, request.consumer_id, attribution, lines, coupon, reservation_id,
                                  timestamps.now(), route.mode, warehouse_id)
 
+        if await self.writes.place(Placing(order, key, digest)):
+            return order
         async with self.engine.connect() as conn:
-            if await self.store.add_order(conn, order, key, digest):
-                return order
             # A concurrent attempt with the same key recorded the order first: answer with that one.
             _check_same_request(await self.store.order_hash(conn, order_id), digest)
             placed = await self.store.order(conn, order_id)

@@ -27,26 +27,43 @@ _ORDER_READ_COLS = (_ORDER_COLS + ", cancelled_at, cancel_reason, refunded_fen, 
                     "pickup_code, delivered_at, completed_at, pickup_ready_at")
 _LINE_READ_COLS = _LINE_COLS + ", refunded_quantity, refunded_fen"
 
-# The order and its lines in one statement: one round trip on the hot path. A conflict on order_id (a retry
-# that raced the first attempt) inserts nothing, and no line either; the caller then reads the winner back.
+# Orders with their lines, many in one statement (placements arriving together share it). A conflict on
+# order_id (a retry that raced the first attempt) inserts nothing for that order, and no line either; the
+# caller then reads the winner back.
 _PLACE = text(f"""
-    WITH placed AS (
+    WITH input AS (
+        SELECT * FROM unnest(
+            CAST(:keys AS text[]), CAST(:hashes AS bytea[]), CAST(:order_ids AS text[]), CAST(:statuses AS text[]),
+            CAST(:store_ids AS text[]), CAST(:dealer_ids AS text[]), CAST(:brand_ids AS text[]),
+            CAST(:consumer_ids AS text[]), CAST(:scenes AS text[]), CAST(:attr_dealers AS text[]),
+            CAST(:attr_stores AS text[]), CAST(:attr_guides AS text[]), CAST(:coupon_codes AS text[]),
+            CAST(:coupon_funders AS text[]), CAST(:coupon_discounts AS bigint[]), CAST(:subtotals AS bigint[]),
+            CAST(:discounts AS bigint[]), CAST(:payables AS bigint[]), CAST(:reservation_ids AS text[]),
+            CAST(:created_ats AS timestamptz[]), CAST(:modes AS text[]), CAST(:warehouse_ids AS text[]))
+        AS i(idempotency_key, request_hash, order_id, status, store_id, dealer_id, brand_id, consumer_id,
+             attribution_scene, attribution_dealer_id, attribution_store_id, attribution_guide_id, coupon_code,
+             coupon_funder, coupon_discount_fen, subtotal_fen, discount_fen, payable_fen, reservation_id,
+             created_at, fulfilment_mode, warehouse_id)
+    ), placed AS (
         INSERT INTO orders (idempotency_key, request_hash, {_ORDER_COLS}, fulfilment_mode, warehouse_id)
-        VALUES (:idempotency_key, :request_hash, :order_id, :status, :store_id, :dealer_id, :brand_id, :consumer_id,
-                :attribution_scene, :attribution_dealer_id, :attribution_store_id, :attribution_guide_id,
-                :coupon_code, :coupon_funder, :coupon_discount_fen, :subtotal_fen, :discount_fen, :payable_fen,
-                :reservation_id, :created_at, NULL, NULL, NULL, NULL, :fulfilment_mode, :warehouse_id)
+        SELECT idempotency_key, request_hash, order_id, status, store_id, dealer_id, brand_id, consumer_id,
+               attribution_scene, attribution_dealer_id, attribution_store_id, attribution_guide_id, coupon_code,
+               coupon_funder, coupon_discount_fen, subtotal_fen, discount_fen, payable_fen, reservation_id,
+               created_at, NULL, NULL, NULL, NULL, fulfilment_mode, warehouse_id
+        FROM input ORDER BY order_id
         ON CONFLICT (order_id) DO NOTHING
         RETURNING order_id
+    ), lines AS (
+        INSERT INTO order_lines (order_id, line_no, {_LINE_COLS})
+        SELECT l.order_id, l.line_no, l.sku_id, l.name, l.quantity, l.unit_price_fen, l.unit_supply_price_fen,
+               l.line_total_fen
+        FROM unnest(CAST(:line_orders AS text[]), CAST(:line_nos AS integer[]), CAST(:sku_ids AS text[]),
+                    CAST(:names AS text[]), CAST(:quantities AS bigint[]), CAST(:unit_prices AS bigint[]),
+                    CAST(:unit_supply_prices AS bigint[]), CAST(:line_totals AS bigint[]))
+             AS l(order_id, line_no, sku_id, name, quantity, unit_price_fen, unit_supply_price_fen, line_total_fen)
+        JOIN placed p ON p.order_id = l.order_id
     )
-    INSERT INTO order_lines (order_id, line_no, {_LINE_COLS})
-    SELECT placed.order_id, l.line_no, l.sku_id, l.name, l.quantity, l.unit_price_fen, l.unit_supply_price_fen,
-           l.line_total_fen
-    FROM placed, unnest(CAST(:sku_ids AS text[]), CAST(:names AS text[]), CAST(:quantities AS bigint[]),
-                        CAST(:unit_prices AS bigint[]), CAST(:unit_supply_prices AS bigint[]),
-                        CAST(:line_totals AS bigint[]))
-         WITH ORDINALITY AS l(sku_id, name, quantity, unit_price_fen, unit_supply_price_fen, line_total_fen, line_no)
-    RETURNING order_id
+    SELECT order_id FROM placed
 """)
 # The order row with its lines as one JSON array: one round trip to read a whole order.
 _SELECT_SQL = f"""
@@ -67,28 +84,41 @@ _DISPATCH_MANY = text("""
                 CAST(:ats AS timestamptz[])) AS v(order_id, status, shipment_id, at)
     WHERE o.order_id = v.order_id AND o.status IN ('PAID', 'PARTIALLY_SHIPPED', 'PARTIALLY_REFUNDED', 'REFUNDED')
 """)
-# PENDING_PAYMENT -> PAID, the notification kept and OrderPaid announced, in one statement (atomic by itself,
-# no BEGIN/COMMIT round trips). The WHERE repeats the state check against the newest row version; the
-# payments key refuses a transaction id another order recorded (the whole statement fails then).
-_PAY = text(f"""
-    WITH paid AS (
-        UPDATE orders SET status = 'PAID', payment_txn_id = :t, paid_at = :at
-        WHERE order_id = :id AND status = 'PENDING_PAYMENT'
-        RETURNING order_id
+# PENDING_PAYMENT -> PAID, the notification kept and OrderPaid announced, for many orders in one statement
+# (atomic by itself, no BEGIN/COMMIT round trips; notifications arriving together share it). The WHERE
+# repeats the state check against the newest row versions; the payments key refuses a transaction id another
+# order recorded (the whole statement fails then, and the caller retries its payments one by one). Outbox
+# rows are written in input order, so their ids ascend with it.
+_PAY = text("""
+    WITH input AS (
+        SELECT * FROM unnest(CAST(:order_ids AS text[]), CAST(:txns AS text[]), CAST(:ats AS timestamptz[]),
+                             CAST(:amounts AS bigint[]), CAST(:subjects AS text[]), CAST(:types AS text[]),
+                             CAST(:payloads AS bytea[]), CAST(:rids AS text[]))
+                 WITH ORDINALITY AS i(order_id, txn, at, amount, subject, event_type, payload, rid, n)
+    ), paid AS (
+        UPDATE orders o SET status = 'PAID', payment_txn_id = i.txn, paid_at = i.at
+        FROM input i WHERE o.order_id = i.order_id AND o.status = 'PENDING_PAYMENT'
+        RETURNING o.order_id
     ), kept AS (
         INSERT INTO payments (provider_txn_id, order_id, amount_fen, received_at)
-        SELECT :t, paid.order_id, :amount, :at FROM paid
+        SELECT i.txn, i.order_id, i.amount, i.at FROM input i JOIN paid USING (order_id)
     ), announced AS (
-        {outbox.Announcement.INSERT_ONE} FROM paid{outbox.Announcement.RETURNING}
+        INSERT INTO outbox (subject, event_type, payload, request_id)
+        SELECT i.subject, i.event_type, i.payload, i.rid FROM input i JOIN paid USING (order_id) ORDER BY i.n
+        RETURNING id, (extract(epoch FROM created_at) * 1000)::bigint AS created_ms
     )
-    SELECT (SELECT count(*) FROM paid) AS paid, (SELECT outbox_id FROM announced) AS outbox_id,
-           (SELECT outbox_created_ms FROM announced) AS outbox_created_ms
+    SELECT ARRAY(SELECT i.order_id FROM input i JOIN paid USING (order_id) ORDER BY i.n) AS paid,
+           ARRAY(SELECT id FROM announced ORDER BY id) AS outbox_ids,
+           ARRAY(SELECT created_ms FROM announced ORDER BY id) AS created_ms
 """)
-_PRIOR = text("""
-    SELECT order_id, request_hash, NULL AS code, NULL AS message, NULL AS status_details
-    FROM orders WHERE idempotency_key = :key
-    UNION ALL
-    SELECT NULL, request_hash, code, message, status_details FROM placement_refusals WHERE idempotency_key = :key
+# What many idempotency keys already led to, in one statement: an order, a refusal, or nothing.
+_PRIORS = text("""
+    SELECT k.key, o.order_id, coalesce(o.request_hash, r.request_hash) AS request_hash, r.code, r.message,
+           r.status_details
+    FROM unnest(CAST(:keys AS text[])) AS k(key)
+    LEFT JOIN orders o ON o.idempotency_key = k.key
+    LEFT JOIN placement_refusals r ON r.idempotency_key = k.key
+    WHERE o.order_id IS NOT NULL OR r.idempotency_key IS NOT NULL
 """)
 
 
@@ -99,6 +129,30 @@ class Refusal:
     code: str
     message: str
     status_details: bytes
+
+
+def is_txn_taken(err: IntegrityError) -> bool:
+    """The payments key refused a provider transaction id (it paid another order)."""
+    return is_unique_violation(err) and getattr(err.orig, "constraint_name", "") == "payments_pkey"
+
+
+@dataclass(frozen=True)
+class Placing:
+    """An order to insert with the idempotency key and request hash it was placed under."""
+
+    order: Order
+    idempotency_key: str
+    request_hash: bytes
+
+
+@dataclass(frozen=True)
+class Paying:
+    """A payment to record: the order as paid, the amount notified and the event announcing it."""
+
+    paid: Order
+    amount_fen: int
+    subject: str
+    event: Message
 
 
 @dataclass(frozen=True)
@@ -130,34 +184,50 @@ def _order(row) -> Order:  # type: ignore[no-untyped-def]
 
 
 class OrderStore:
+    async def priors(self, conn: Connection, keys: list[str]) -> dict[str, Prior]:
+        """What each of many idempotency keys already led to (keys that led nowhere are absent)."""
+        found = {}
+        for row in await conn.execute(_PRIORS, {"keys": keys}):
+            refusal = None if row.order_id else Refusal(row.code, row.message, bytes(row.status_details))
+            found[row.key] = Prior(bytes(row.request_hash), row.order_id, refusal)
+        return found
+
     async def prior(self, conn: Connection, idempotency_key: str) -> Prior | None:
-        row = (await conn.execute(_PRIOR, {"key": idempotency_key})).first()
-        if row is None:
-            return None
-        refusal = None if row.order_id else Refusal(row.code, row.message, bytes(row.status_details))
-        return Prior(bytes(row.request_hash), row.order_id, refusal)
+        return (await self.priors(conn, [idempotency_key])).get(idempotency_key)
+
+    async def add_orders(self, conn: Connection, placements: list[Placing]) -> set[str]:
+        """Insert orders with their lines; the ids of those inserted (not those that existed already)."""
+        orders = [p.order for p in placements]
+        coupons = [o.coupon for o in orders]
+        lines = [(o.order_id, n, li) for o in orders for n, li in enumerate(o.lines, start=1)]
+        params = {
+            "keys": [p.idempotency_key for p in placements], "hashes": [p.request_hash for p in placements],
+            "order_ids": [o.order_id for o in orders], "statuses": [str(o.status) for o in orders],
+            "store_ids": [o.store_id for o in orders], "dealer_ids": [o.dealer_id for o in orders],
+            "brand_ids": [o.brand_id for o in orders], "consumer_ids": [o.consumer_id for o in orders],
+            "scenes": [o.attribution.scene for o in orders],
+            "attr_dealers": [o.attribution.dealer_id for o in orders],
+            "attr_stores": [o.attribution.store_id for o in orders],
+            "attr_guides": [o.attribution.guide_id for o in orders],
+            "coupon_codes": [c.code if c else None for c in coupons],
+            "coupon_funders": [c.funder if c else None for c in coupons],
+            "coupon_discounts": [c.discount_fen if c else None for c in coupons],
+            "subtotals": [o.subtotal_fen for o in orders], "discounts": [o.discount_fen for o in orders],
+            "payables": [o.payable_fen for o in orders], "reservation_ids": [o.reservation_id for o in orders],
+            "created_ats": [o.created_at for o in orders], "modes": [str(o.fulfilment_mode) for o in orders],
+            "warehouse_ids": [o.warehouse_id for o in orders],
+            "line_orders": [oid for oid, _, _ in lines], "line_nos": [n for _, n, _ in lines],
+            "sku_ids": [li.sku_id for _, _, li in lines], "names": [li.name for _, _, li in lines],
+            "quantities": [li.quantity for _, _, li in lines],
+            "unit_prices": [li.unit_price_fen for _, _, li in lines],
+            "unit_supply_prices": [li.unit_supply_price_fen for _, _, li in lines],
+            "line_totals": [li.line_total_fen for _, _, li in lines],
+        }
+        return {row.order_id for row in await conn.execute(_PLACE, params)}
 
     async def add_order(self, conn: Connection, order: Order, idempotency_key: str, request_hash: bytes) -> bool:
         """Insert the order with its lines; False if an order with this id exists already."""
-        coupon = order.coupon
-        params = {
-            "idempotency_key": idempotency_key, "request_hash": request_hash, "order_id": order.order_id,
-            "status": str(order.status), "store_id": order.store_id, "dealer_id": order.dealer_id,
-            "brand_id": order.brand_id, "consumer_id": order.consumer_id,
-            "attribution_scene": order.attribution.scene, "attribution_dealer_id": order.attribution.dealer_id,
-            "attribution_store_id": order.attribution.store_id, "attribution_guide_id": order.attribution.guide_id,
-            "coupon_code": coupon.code if coupon else None, "coupon_funder": coupon.funder if coupon else None,
-            "coupon_discount_fen": coupon.discount_fen if coupon else None,
-            "subtotal_fen": order.subtotal_fen, "discount_fen": order.discount_fen, "payable_fen": order.payable_fen,
-            "reservation_id": order.reservation_id, "created_at": order.created_at,
-            "fulfilment_mode": str(order.fulfilment_mode), "warehouse_id": order.warehouse_id,
-            "sku_ids": [li.sku_id for li in order.lines], "names": [li.name for li in order.lines],
-            "quantities": [li.quantity for li in order.lines],
-            "unit_prices": [li.unit_price_fen for li in order.lines],
-            "unit_supply_prices": [li.unit_supply_price_fen for li in order.lines],
-            "line_totals": [li.line_total_fen for li in order.lines],
-        }
-        return (await conn.execute(_PLACE, params)).first() is not None
+        return bool(await self.add_orders(conn, [Placing(order, idempotency_key, request_hash)]))
 
     async def add_refusal(self, conn: Connection, idempotency_key: str, request_hash: bytes,
                           refusal: Refusal) -> None:
@@ -177,20 +247,31 @@ class OrderStore:
         return bytes((await conn.execute(text("SELECT request_hash FROM orders WHERE order_id = :id"),
                                          {"id": order_id})).scalar_one())
 
-    async def record_payment(self, conn: Connection, paid: Order, amount_fen: int, subject: str,
-                             event: Message) -> bool:
-        """Mark the order PAID, keep the notification and queue `event`, in one statement. False (and nothing
-        written) if the order is no longer PENDING_PAYMENT: the caller reads it again and decides again."""
-        announcement = outbox.Announcement(subject, event)
+    async def record_payments(self, conn: Connection, payments: list[Paying]) -> set[str]:
+        """Mark orders PAID, keep the notifications and queue their events, in one statement: the ids of the
+        orders paid now. An order no longer PENDING_PAYMENT is left alone (its caller reads it again and
+        decides again). A transaction id that another order recorded fails the whole statement
+        (IntegrityError on payments_pkey)."""
+        announcements = [outbox.Announcement(p.subject, p.event) for p in payments]
+        row = (await conn.execute(_PAY, {
+            "order_ids": [p.paid.order_id for p in payments], "txns": [p.paid.payment_txn_id for p in payments],
+            "ats": [p.paid.paid_at for p in payments], "amounts": [p.amount_fen for p in payments],
+            "subjects": [a.subject for a in announcements], "types": [a.event_type for a in announcements],
+            "payloads": [a.payload for a in announcements], "rids": [a.request_id for a in announcements],
+        })).one()
+        by_order = dict(zip((p.paid.order_id for p in payments), announcements, strict=True))
+        for order_id, outbox_id, created_ms in zip(row.paid, row.outbox_ids, row.created_ms, strict=True):
+            by_order[order_id].written(outbox_id, created_ms)
+        return set(row.paid)
+
+    async def record_payment(self, conn: Connection, payment: Paying) -> bool:
+        """One payment (see record_payments); a transaction id another order recorded is INVALID_ARGUMENT."""
         try:
-            row = (await conn.execute(_PAY, {"t": paid.payment_txn_id, "at": paid.paid_at, "id": paid.order_id,
-                                             "amount": amount_fen, **announcement.params})).one()
+            return bool(await self.record_payments(conn, [payment]))
         except IntegrityError as err:
-            if is_unique_violation(err) and getattr(err.orig, "constraint_name", "") == "payments_pkey":
+            if is_txn_taken(err):
                 raise InvalidArgument.field("provider_txn_id", "was already recorded for another order") from None
             raise
-        announcement.written(row.outbox_id, row.outbox_created_ms)
-        return bool(row.paid)
 
     async def orders_locked(self, conn: Connection, order_ids: list[str]) -> dict[str, Order]:
         """Many orders with their lines, each row locked until the transaction ends."""
@@ -239,7 +320,8 @@ class OrderStore:
         """Unpaid orders past their payment window, oldest first, locked; rows another sweeper holds are
         skipped."""
         ids = (await conn.execute(
-            text("SELECT order_id FROM orders WHERE status = 'PENDING_PAYMENT' "
+            text("SELECT order_id FROM orders WHERE paid_at IS NULL AND cancelled_at IS NULL "
+                 "AND status = 'PENDING_PAYMENT' "
                  "AND created_at <= now() - make_interval(secs => :w) ORDER BY created_at LIMIT :n "
                  "FOR UPDATE SKIP LOCKED"), {"w": window_s, "n": limit})).scalars()
         orders = [await self.order(conn, order_id) for order_id in ids]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -54,10 +54,13 @@ class Batcher(Generic[T, R]):
     latency. `run(items)` returns one result (or exception, raised to that item's caller) per item."""
 
     def __init__(self, run: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]], *, max_batch: int = 128,
-                 in_flight: int = 2):
+                 in_flight: int = 2, distinct: Callable[[T], Iterable[Hashable]] | None = None):
         self.run = run
         self.max_batch = max_batch
         self.in_flight = in_flight
+        # Items sharing any of these keys never go in one batch (the later one waits for the next), e.g. two
+        # attempts at one order, which one set-based statement could not tell apart.
+        self.distinct = distinct
         self._queue: deque[tuple[T, asyncio.Future[R]]] = deque()
         self._active = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -77,7 +80,21 @@ class Batcher(Generic[T, R]):
 
     def take(self, queue: deque[tuple[T, asyncio.Future[R]]]) -> list[tuple[T, asyncio.Future[R]]]:
         """The next batch, in arrival order (subclasses may hold items back for a later batch)."""
-        return [queue.popleft() for _ in range(min(self.max_batch, len(queue)))]
+        if self.distinct is None:
+            return [queue.popleft() for _ in range(min(self.max_batch, len(queue)))]
+        batch: list[tuple[T, asyncio.Future[R]]] = []
+        later: list[tuple[T, asyncio.Future[R]]] = []
+        seen: set[Hashable] = set()
+        while queue and len(batch) < self.max_batch:
+            item = queue.popleft()
+            keys = set(self.distinct(item[0]))
+            if keys & seen:
+                later.append(item)
+                continue
+            seen |= keys
+            batch.append(item)
+        queue.extendleft(reversed(later))
+        return batch
 
     async def _drain(self) -> None:
         try:

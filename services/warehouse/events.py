@@ -29,6 +29,7 @@ from .messages import (
 from .store import HeldFor, WarehouseStore
 
 _log = log.get(__name__)
+_AT_ONCE = frozenset({domain.ShipAction.SHIP_HELD, domain.ShipAction.ALREADY_SHIPPED})
 # Six digits, read out or scanned at the counter.
 PICKUP_CODE_DIGITS = 6
 
@@ -62,6 +63,15 @@ class OrderPaidHandler:
                    for found, action in legs if action is domain.ShipAction.SHIP_HELD]
         retake_at = [(found.reservation.warehouse_id, found.reservation.lines)
                      for found, action in legs if action is domain.ShipAction.RETAKE]
+        if all(action in _AT_ONCE for _, action in legs) and all(len(held[o]) == 1 for o in order_ids):
+            # The common batch (every order at one automated location): its events are known before anything
+            # ships, so they are written first and the stock rows, which reservations wait for, are locked by
+            # the last statement before the commit.
+            await outbox.add_many(conn, [(SHIPMENT_DISPATCHED, shipment_dispatched(shipment, True))
+                                         for _, shipment in to_ship])
+            if to_ship:
+                await self.store.ship_held_many(conn, to_ship, [])
+            return
         if to_ship or retake_at:
             await self.store.ship_held_many(conn, to_ship, retake_at)
         ship = {reservation.reservation_id: shipment for reservation, shipment in to_ship}

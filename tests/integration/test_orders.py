@@ -4,6 +4,7 @@ fields, coupons are redeemed once and the last unit goes to exactly one buyer.""
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -246,6 +247,42 @@ def test_one_transaction_cannot_pay_two_orders(clients, world):
         provider_txn_id=txn, order_id=second.order_id, amount_fen=second.payable_fen))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request_fields(err) == ["provider_txn_id"]
+
+
+def test_payments_arriving_together_are_each_judged_on_their_own(clients, world):
+    """Concurrent notifications share one statement in the orders service: the two that reuse one
+    transaction id still pay one order between them, a repeated one still has no second effect, and every
+    other order is paid."""
+    sku = world.new_sku(stock=40)
+    orders = [clients.orders.PlaceOrder(place_request(world, [(sku, 1)])).order for _ in range(24)]
+    shared = f"wx-shared-{key()}"
+    calls = [pb.RecordPaymentRequest(provider_txn_id=shared if i < 2 else f"wx-{key()}", order_id=o.order_id,
+                                     amount_fen=o.payable_fen) for i, o in enumerate(orders)]
+    calls.append(calls[5])  # the provider repeats a notification
+
+    def notify(call: pb.RecordPaymentRequest) -> grpc.StatusCode:
+        try:
+            clients.orders.RecordPayment(call)
+            return grpc.StatusCode.OK
+        except grpc.RpcError as err:
+            return err.code()
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        outcomes = list(pool.map(notify, calls))
+    assert sorted(outcomes[:2], key=str) == sorted([grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT], key=str)
+    assert set(outcomes[2:]) == {grpc.StatusCode.OK}
+    statuses = [clients.orders.GetOrder(pb.GetOrderRequest(order_id=o.order_id)).order for o in orders]
+    assert sum(o.payment_txn_id == shared for o in statuses) == 1
+    assert all(o.payment_txn_id == c.provider_txn_id for o, c in zip(statuses[2:], calls[2:], strict=False))
+
+
+def test_retries_of_one_placement_arriving_together_make_one_order(clients, world):
+    sku = world.new_sku(stock=10)
+    request = place_request(world, [(sku, 1)])
+    with ThreadPoolExecutor(8) as pool:
+        placed = list(pool.map(lambda _: clients.orders.PlaceOrder(request).order, range(8)))
+    assert len({o.order_id for o in placed}) == 1
+    assert available(clients, sku) == 9
 
 
 def test_paying_an_unknown_order_is_not_found(clients):
