@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import protovalidate
 from omo.catalog.v1 import catalog_pb2 as pb
-from omo.catalog.v1 import catalog_pb2_grpc
+from omo.catalog.v1 import catalog_pb2_grpc, events_pb2
 
-from services.runtime import batch, interceptors
+from services.runtime import batch, interceptors, outbox, timestamps
 from services.runtime.db import Connection, Database
 from services.runtime.errors import AlreadyExists, DomainError, NotFound
 from services.runtime.idempotency import run_idempotent
@@ -14,6 +14,8 @@ from services.runtime.ids import new_id
 
 from . import domain
 from .store import CatalogStore
+
+SUBJECT_LISTING_CHANGED = "catalog.listing.changed"
 
 
 def brand_pb(b: domain.Brand) -> pb.Brand:
@@ -110,6 +112,8 @@ class CatalogApi(catalog_pb2_grpc.CatalogServiceServicer):
         if sku is None or sku.brand_id != store.brand_id:
             raise NotFound("sku", sku_id)
         await self.store.set_listed(conn, store_id, sku_id, listed)
+        await outbox.add(conn, SUBJECT_LISTING_CHANGED, events_pb2.ListingChanged(
+            store_id=store_id, sku_id=sku_id, listed=listed, changed_at=timestamps.to_proto(timestamps.now())))
         return pb.Listing(store_id=store_id, sku=sku_pb(sku), listed=listed)
 
     async def ListSkuInStore(self, request: pb.ListSkuInStoreRequest, context) -> pb.ListSkuInStoreResponse:

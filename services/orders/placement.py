@@ -30,6 +30,7 @@ from services.runtime.ids import derived_id
 
 from . import domain
 from .batching import OrderWrites
+from .listings import DEFAULT_MAX_AGE_S, Listings
 from .store import OrderStore, Placing, Refusal
 
 _STATUS_DETAILS = "grpc-status-details-bin"
@@ -62,6 +63,7 @@ class Placement:
         warehouse: warehouse_pb2_grpc.WarehouseServiceStub,
         marketing: marketing_pb2_grpc.MarketingServiceStub,
         payment_window_s: float = domain.DEFAULT_PAYMENT_WINDOW_S,
+        listings_max_age_s: float = DEFAULT_MAX_AGE_S,
     ):
         self.engine = engine
         self.store = store
@@ -75,6 +77,7 @@ class Placement:
         # Concurrent placements quote and reserve together: one batch RPC (and on the other side one
         # statement) for all the orders that arrive while earlier batches are in flight.
         self._quotes: Coalescer[cat.QuotePricesRequest, cat.QuotePricesResponse] = Coalescer(self._send_quotes)
+        self.listings = Listings(self._quotes.call, max_age_s=listings_max_age_s)
         self._holds: Coalescer[wh.ReserveStockRequest, wh.ReserveStockResponse] = Coalescer(self._send_holds)
 
     async def _send_quotes(self, requests: list[cat.QuotePricesRequest], timeout_s: float) -> list[Any]:
@@ -131,26 +134,27 @@ class Placement:
     async def _quote(self, request: pb.PlaceOrderRequest) -> tuple[domain.StoreRef, dict[str, domain.Quote],
                                                                    domain.StoreRef | None]:
         """Prices at the store, and (only when the QR code credits another store) that store, concurrently."""
-        quoting = self._quotes.call(
-            cat.QuotePricesRequest(store_id=request.store_id, sku_ids=[li.sku_id for li in request.lines]))
+        quoting = self.listings.quote(request.store_id, [li.sku_id for li in request.lines])
         credited_id = request.attribution.store_id
         if credited_id and credited_id != request.store_id:
-            reply, credited = await _both(quoting, self._store(credited_id))
+            (store, quotes), credited = await _both(quoting, self._store(credited_id))
         else:
-            reply, credited = await quoting, None
-        store = domain.StoreRef(reply.store.store_id, reply.store.dealer_id, reply.store.brand_id)
-        quotes = {q.sku_id: domain.Quote(q.sku_id, q.name, q.retail_price_fen, q.supply_price_fen)
-                  for q in reply.quotes}
+            (store, quotes), credited = await quoting, None
         return store, quotes, credited
 
     async def _store(self, store_id: str) -> domain.StoreRef | None:
+        known = self.listings.store(store_id)  # stores never change once created
+        if known is not None:
+            return known
         try:
             s = (await self.catalog.GetStore(cat.GetStoreRequest(store_id=store_id))).store
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.NOT_FOUND:
                 return None
             raise
-        return domain.StoreRef(s.store_id, s.dealer_id, s.brand_id)
+        store = domain.StoreRef(s.store_id, s.dealer_id, s.brand_id)
+        self.listings.remember_store(store)
+        return store
 
     async def _reserve(self, order_id: str, lines: tuple[domain.Line, ...],
                        route: domain.Route) -> list[tuple[str, str]]:

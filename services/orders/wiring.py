@@ -5,20 +5,42 @@ from __future__ import annotations
 
 import os
 
+from google.protobuf.message import DecodeError
 from omo.catalog.v1 import catalog_pb2_grpc
+from omo.catalog.v1 import events_pb2 as catalog_events
 from omo.marketing.v1 import marketing_pb2_grpc
 from omo.orders.v1 import orders_pb2, orders_pb2_grpc
 from omo.warehouse.v1 import events_pb2 as wh_events
 from omo.warehouse.v1 import warehouse_pb2_grpc
 
+from services.runtime import bus
 from services.runtime.consumer import Subscription
 from services.runtime.server import Runtime, Wiring
 
 from . import domain, events
 from .api import OrderApi
+from .listings import DEFAULT_MAX_AGE_S, Listings
 from .placement import Placement
 from .store import OrderStore
 from .sweepers import CompletionSweeper, PickupExpirySweeper, UnpaidOrderSweeper
+
+# catalog's subject; orders names it itself rather than importing catalog (services meet only through protos).
+SUBJECT_LISTING_CHANGED = "catalog.listing.changed"
+
+
+async def follow_listings(rt: Runtime, listings: Listings) -> None:
+    """Every orders process follows catalog's listing changes itself (a plain subscription: each replica sees
+    every event), trusting its copy only while connected."""
+
+    async def changed(msg) -> None:  # type: ignore[no-untyped-def]
+        try:
+            listings.changed(catalog_events.ListingChanged.FromString(msg.data))
+        except DecodeError:
+            listings.follow()  # an event we cannot read: start the copy over rather than keep a wrong one
+
+    bus.on_connection_change(lost=listings.lose_track, back=listings.follow)
+    await rt.nc.subscribe(SUBJECT_LISTING_CHANGED, cb=changed, pending_msgs_limit=-1, pending_bytes_limit=-1)
+    listings.follow()
 
 
 async def wire(rt: Runtime) -> Wiring:
@@ -31,7 +53,9 @@ async def wire(rt: Runtime) -> Wiring:
         warehouse_pb2_grpc.WarehouseServiceStub(rt.channel("warehouse")),
         marketing_pb2_grpc.MarketingServiceStub(rt.channel("marketing")),
         window_s,
+        float(os.environ.get("OMO_LISTINGS_MAX_AGE_S") or DEFAULT_MAX_AGE_S),
     )
+    await follow_listings(rt, placement.listings)
     api = OrderApi(rt.engine, store, placement)
     sweep_s = float(os.environ.get("OMO_SWEEP_INTERVAL_S") or 1.0)
     pickup_s = float(os.environ.get("OMO_PICKUP_WINDOW_S") or domain.DEFAULT_PICKUP_WINDOW_S)

@@ -5,6 +5,8 @@ process ensures all streams exist at start-up, so a consumer never races the pub
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -24,6 +26,15 @@ STREAMS: dict[str, list[str]] = {
 }
 DUPLICATE_WINDOW_S = 120.0
 _log = log.get(__name__)
+# Told when the connection drops and when it is back: whatever a process derives from core-NATS
+# subscriptions (which keep no backlog) can stop trusting it while away and start over after.
+_on_disconnect: list[Callable[[], None]] = []
+_on_reconnect: list[Callable[[], None]] = []
+
+
+def on_connection_change(*, lost: Callable[[], None], back: Callable[[], None]) -> None:
+    _on_disconnect.append(lost)
+    _on_reconnect.append(back)
 
 
 async def connect(url: str, name: str) -> Client:
@@ -32,9 +43,13 @@ async def connect(url: str, name: str) -> Client:
 
     async def on_disconnect() -> None:
         _log.warning("nats disconnected")
+        for callback in _on_disconnect:
+            callback()
 
     async def on_reconnect() -> None:
         _log.info("nats reconnected")
+        for callback in _on_reconnect:
+            callback()
 
     return await nats.connect(
         servers=[url],

@@ -121,6 +121,19 @@ class Connection:
         return Result(rows, _rowcount(status))
 
 
+    async def run_script(self, sql: str) -> None:
+        """Several statements in one simple-protocol round trip, without parameters (their values must be
+        literals the caller made safe) and without results."""
+        try:
+            await self.raw.execute(sql)
+        except asyncpg.PostgresError as err:
+            # A failed statement leaves a script's BEGIN open and aborted: end it before the connection goes
+            # back to the pool (which does not reset connections).
+            if self.raw.is_in_transaction():
+                await self.raw.execute("ROLLBACK")
+            raise _translated(err, sql, None) from err
+
+
 async def _init_connection(con: asyncpg.Connection) -> None:
     # JSON columns come back decoded, as with SQLAlchemy's asyncpg dialect; parameters are passed as text.
     for name in ("json", "jsonb"):

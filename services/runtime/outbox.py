@@ -48,6 +48,16 @@ _CLAIM = text(
     """
 )
 _DONE = text("DELETE FROM outbox WHERE id = ANY(:ids)")
+
+
+def _forget_published(ids: list[int]) -> str:
+    """The direct path's delete, as one simple-protocol round trip that does not wait for its WAL flush: a
+    delete lost in a database crash only means those rows are published again, which JetStream's duplicate
+    check and the consumers' inboxes absorb. Measured on the order path, waiting for the flush of every relay
+    batch's delete was a large share of all commit waits. The ids are integers from our own table."""
+    listed = ",".join(str(int(i)) for i in ids)
+    return (f"BEGIN; SET LOCAL synchronous_commit = off; DELETE FROM outbox WHERE id = ANY('{{{listed}}}'::bigint[]); "
+            "COMMIT;")
 _RETRY = text(
     """
     UPDATE outbox SET attempts = attempts + 1, last_error = :error,
@@ -226,7 +236,7 @@ class OutboxRelay:
         done, failed, error = await self._publish(rows)
         if done:
             async with self.engine.connect() as conn:
-                await conn.execute(_DONE, {"ids": done})
+                await conn.run_script(_forget_published(done))
         if failed:
             _log.warning("outbox publish failed; the sweep retries", count=len(failed), error=error)
         return len(rows)

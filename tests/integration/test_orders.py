@@ -4,6 +4,7 @@ fields, coupons are redeemed once and the last unit goes to exactly one buyer.""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -109,6 +110,30 @@ def test_a_delisted_sku_cannot_be_ordered_and_nothing_is_reserved(clients, world
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_info(err).metadata["sku_id"] == sku.sku_id
     assert available(clients, sku) == 5
+
+
+def test_delisting_a_sku_already_ordered_stops_its_sales_at_once_and_listing_it_again_resumes_them(clients, world):
+    """Orders quotes from its own copy of what stores list once it has quoted a store's SKUs, and follows
+    catalog's listing events: a SKU delisted after it was ordered is refused for the next order (within the
+    event's delivery), and sold again once listed again."""
+    sku = world.new_sku(stock=10)
+    clients.orders.PlaceOrder(place_request(world, [(sku, 1)]))
+    clients.catalog.DelistSkuInStore(cat.DelistSkuInStoreRequest(
+        idempotency_key=key(), store_id=world.store.store_id, sku_id=sku.sku_id))
+    deadline = time.monotonic() + 2.0
+    while True:
+        try:
+            clients.orders.PlaceOrder(place_request(world, [(sku, 1)]))
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert error_info(err).metadata["sku_id"] == sku.sku_id
+            break
+        assert time.monotonic() < deadline, "a delisted SKU was still sold two seconds later"
+        time.sleep(0.01)
+    clients.catalog.ListSkuInStore(cat.ListSkuInStoreRequest(
+        idempotency_key=key(), store_id=world.store.store_id, sku_id=sku.sku_id))
+    again = clients.orders.PlaceOrder(place_request(world, [(sku, 1)])).order
+    assert again.lines[0].unit_price_fen == sku.retail_price_fen
 
 
 def test_not_enough_stock_is_resource_exhausted_naming_the_sku(clients, world):

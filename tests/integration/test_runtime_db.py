@@ -84,3 +84,14 @@ async def test_a_read_only_snapshot_refuses_writes(database):
             assert (await conn.execute(text("SHOW transaction_isolation"))).scalar_one() == "repeatable read"
             await conn.execute(text("INSERT INTO items (id, qty) VALUES ('ro', 1)"))
     assert refused.value.orig.sqlstate == "25006"
+
+
+async def test_a_failed_script_leaves_no_transaction_behind(database):
+    async with database.connect() as conn:
+        with pytest.raises(DBAPIError):
+            await conn.run_script("BEGIN; SET LOCAL synchronous_commit = off; "
+                                  "INSERT INTO items (id, qty) VALUES ('script', -1); COMMIT;")
+        assert not conn.raw.is_in_transaction()
+        await conn.run_script("BEGIN; SET LOCAL synchronous_commit = off; "
+                              "INSERT INTO items (id, qty) VALUES ('script', 1); COMMIT;")
+        assert (await conn.execute(text("SELECT qty FROM items WHERE id = 'script'"))).scalar_one() == 1
