@@ -24,14 +24,14 @@ from omo.warehouse.v1 import warehouse_pb2_grpc
 from services.runtime import batch, timestamps
 from services.runtime.batch import Coalescer
 from services.runtime.db import Database
-from services.runtime.errors import InvalidArgument
+from services.runtime.errors import DomainError, InvalidArgument
 from services.runtime.idempotency import request_hash
 from services.runtime.ids import derived_id
 
 from . import domain
 from .batching import OrderWrites
 from .listings import DEFAULT_MAX_AGE_S, Listings
-from .store import OrderStore, Placing, Refusal
+from .store import OrderStore, Placing, Prior, Refusal
 
 _STATUS_DETAILS = "grpc-status-details-bin"
 # A coupon refused for one of these reasons is refused for good: the stock held for the order is given back.
@@ -90,6 +90,38 @@ class Placement:
         return batch.answers(reply.results)
 
     async def place(self, request: pb.PlaceOrderRequest) -> domain.Order:
+        """Place the order; a retry (same key, same request) answers as the first attempt did.
+
+        Optimistic about the key: almost every call is a new order, so the key is looked up only when a step
+        fails (a retry of an order placed earlier may now fail a step the first attempt passed — a SKU
+        delisted since — and must still get its order back) or when the insert finds the key taken. Every
+        step is keyed by the order (derived from the key), so a retry that does run them repeats the same
+        calls and gets the first answers back: it holds no second reservation and redeems no coupon twice."""
+        try:
+            placed = await self._place(request)
+        except (grpc.aio.AioRpcError, DomainError):
+            prior = await self.writes.prior(request.idempotency_key)
+            if prior is None:
+                raise
+            return await self._as_before(request, prior)
+        if placed is not None:
+            return placed
+        prior = await self.writes.prior(request.idempotency_key)
+        assert prior is not None, "the insert found the key taken, so it leads somewhere"
+        return await self._as_before(request, prior)
+
+    async def _as_before(self, request: pb.PlaceOrderRequest, prior: Prior) -> domain.Order:
+        """The answer the key's first attempt got: its order, or its refusal raised again."""
+        _check_same_request(prior.request_hash, request_hash(request))
+        if prior.refusal is not None:
+            _replay(prior.refusal)
+        assert prior.order_id is not None
+        async with self.engine.connect() as conn:
+            order = await self.store.order(conn, prior.order_id)
+        assert order is not None
+        return order
+
+    async def _place(self, request: pb.PlaceOrderRequest) -> domain.Order | None:
         key = request.idempotency_key
         digest = request_hash(request)
         requested = [domain.LineInput(li.sku_id, li.quantity) for li in request.lines]
@@ -97,17 +129,6 @@ class Placement:
         route = domain.route(_MODES.get(request.fulfilment_mode),
                              (request.deliver_to.latitude, request.deliver_to.longitude)
                              if request.HasField("deliver_to") else None)
-
-        prior = await self.writes.prior(key)
-        if prior is not None:
-            _check_same_request(prior.request_hash, digest)
-            if prior.order_id is not None:
-                async with self.engine.connect() as conn:
-                    order = await self.store.order(conn, prior.order_id)
-                assert order is not None
-                return order
-            if prior.refusal is not None:
-                _replay(prior.refusal)
 
         order_id = derived_id("ord", key)
         store, quotes, credited = await self._quote(request)
@@ -124,12 +145,7 @@ class Placement:
 
         if await self.writes.place(Placing(order, key, digest)):
             return order
-        async with self.engine.connect() as conn:
-            # A concurrent attempt with the same key recorded the order first: answer with that one.
-            _check_same_request(await self.store.order_hash(conn, order_id), digest)
-            placed = await self.store.order(conn, order_id)
-            assert placed is not None
-            return placed
+        return None  # the key was taken meanwhile, by a concurrent attempt or a refused one
 
     async def _quote(self, request: pb.PlaceOrderRequest) -> tuple[domain.StoreRef, dict[str, domain.Quote],
                                                                    domain.StoreRef | None]:

@@ -28,8 +28,8 @@ _ORDER_READ_COLS = (_ORDER_COLS + ", cancelled_at, cancel_reason, refunded_fen, 
 _LINE_READ_COLS = _LINE_COLS + ", refunded_quantity, refunded_fen"
 
 # Orders with their lines, many in one statement (placements arriving together share it). A conflict on
-# order_id (a retry that raced the first attempt) inserts nothing for that order, and no line either; the
-# caller then reads the winner back.
+# order_id (a retry that raced the first attempt) or a refusal recorded under the key inserts nothing for
+# that order, and no line either; the caller then looks the key up.
 _PLACE = text(f"""
     WITH input AS (
         SELECT * FROM unnest(
@@ -50,7 +50,10 @@ _PLACE = text(f"""
                attribution_scene, attribution_dealer_id, attribution_store_id, attribution_guide_id, coupon_code,
                coupon_funder, coupon_discount_fen, subtotal_fen, discount_fen, payable_fen, reservation_id,
                created_at, NULL, NULL, NULL, NULL, fulfilment_mode, warehouse_id
-        FROM input ORDER BY order_id
+        FROM input
+        -- A key whose first attempt was refused stays bound to that refusal: no order under it, ever.
+        WHERE NOT EXISTS (SELECT 1 FROM placement_refusals r WHERE r.idempotency_key = input.idempotency_key)
+        ORDER BY order_id
         ON CONFLICT (order_id) DO NOTHING
         RETURNING order_id
     ), lines AS (
