@@ -22,8 +22,20 @@ def _group(pid: int, cmdline: list[str]) -> str | None:
         return "nats"
     for i, arg in enumerate(cmdline[:-1]):
         if arg == "-m" and cmdline[i + 1].startswith("services."):
-            return cmdline[i + 1].removeprefix("services.")
+            service = cmdline[i + 1].removeprefix("services.")
+            return f"{service}-worker" if _role(pid) == "worker" else service
     return None
+
+
+def _role(pid: int) -> str:
+    try:
+        environ = (_PROC / str(pid) / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return ""
+    for item in environ:
+        if item.startswith(b"OMO_ROLE="):
+            return item.removeprefix(b"OMO_ROLE=").decode()
+    return ""
 
 
 def snapshot() -> dict[str, float]:

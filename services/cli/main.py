@@ -22,7 +22,7 @@ from services.runtime.money import fen_to_yuan
 
 from .demo import DemoResult, run_demo_order
 from .seed import seed
-from .stack import Stack, StackOptions
+from .stack import Stack, StackOptions, check_health
 from .stubs import Stubs, default_address
 
 app = typer.Typer(add_completion=False, help="OMO: the brand-dealer-store mall, as five gRPC services.")
@@ -106,6 +106,10 @@ def up(demo: bool = typer.Option(True, help="seed demo data and run one demo ord
         console.print(f"Postgres: {'external' if opts.database_url else 'embedded'} {stack.admin_url}")
         console.print(f"NATS:     {'external' if opts.nats_url else 'embedded'} {stack.nats_url}")
         print_services({s: stack.address(s) for s in config.SERVICES}, opts.metrics_ports)
+        if opts.split_roles:
+            console.print("background work (event consumers, sweepers, jobs) runs in worker processes at lower CPU "
+                          "priority: " + ", ".join(f"{s}-worker (health 127.0.0.1:{opts.worker_ports[s]})"
+                                                   for s in config.WORKER_SERVICES))
         if demo:
             stubs = Stubs.connect(stack.address)
             try:
@@ -138,20 +142,16 @@ def demo() -> None:
 
 @app.command()
 def status() -> None:
-    """Health of every service at its configured address."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    result = {}
-    for svc in config.SERVICES:
-        with grpc.insecure_channel(default_address(svc)) as ch:
-            try:
-                reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
-                result[svc] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-            except grpc.RpcError as err:
-                result[svc] = err.code().name
+    """Health of every service at its configured address, and of its worker process (OMO_SPLIT_ROLES=0: none)."""
+    result = {svc: check_health(default_address(svc)) for svc in config.SERVICES}
     print_services({s: default_address(s) for s in config.SERVICES}, health=result)
-    if any(v != "SERVING" for v in result.values()):
+    workers = {}
+    if StackOptions().split_roles:
+        workers = {f"{svc}-worker": check_health(f"127.0.0.1:{config.worker_port(svc)}")
+                   for svc in config.WORKER_SERVICES}
+        for name, state in workers.items():
+            console.print(f"{name}: {state}")
+    if any(v != "SERVING" for v in [*result.values(), *workers.values()]):
         raise typer.Exit(1)
 
 

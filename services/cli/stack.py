@@ -35,6 +35,13 @@ class StackOptions:
     metrics_ports: dict[str, int] = field(default_factory=lambda: dict(config.METRICS_PORTS))
     durable: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Each service with background work runs it in a worker process of its own, at a lower CPU priority,
+    # beside its API process (OMO_ROLE); False runs one process per service doing both.
+    split_roles: bool = field(default_factory=lambda: os.environ.get("OMO_SPLIT_ROLES", "1") != "0")
+    worker_ports: dict[str, int] = field(default_factory=lambda: {
+        s: config.GRPC_PORTS[s] + config.WORKER_PORT_OFFSET for s in config.WORKER_SERVICES})
+    worker_metrics_ports: dict[str, int] = field(default_factory=lambda: {
+        s: config.METRICS_PORTS[s] + config.WORKER_PORT_OFFSET for s in config.WORKER_SERVICES})
 
     @classmethod
     def from_env(cls, **overrides: object) -> StackOptions:
@@ -48,10 +55,21 @@ class StackOptions:
         """Every port free-picked: for tests and benchmarks that must not collide with a running `omo up`."""
         opts = cls.from_env(home=home, pg_port=free_port(), nats_port=free_port(),
                             grpc_ports={s: free_port() for s in config.SERVICES},
-                            metrics_ports={s: free_port() for s in config.SERVICES})
+                            metrics_ports={s: free_port() for s in config.SERVICES},
+                            worker_ports={s: free_port() for s in config.WORKER_SERVICES},
+                            worker_metrics_ports={s: free_port() for s in config.WORKER_SERVICES})
         for key, value in overrides.items():
             setattr(opts, key, value)
         return opts
+
+
+def check_health(address: str) -> str:
+    with grpc.insecure_channel(address) as ch:
+        try:
+            reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
+            return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        except grpc.RpcError as err:
+            return err.code().name
 
 
 class Stack:
@@ -82,6 +100,9 @@ class Stack:
             env[f"OMO_{svc.upper()}_PORT"] = str(self.opts.grpc_ports[svc])
             env[f"OMO_{svc.upper()}_METRICS_PORT"] = str(self.opts.metrics_ports[svc])
             env[f"OMO_{svc.upper()}_ADDR"] = self.address(svc)
+        for svc in config.WORKER_SERVICES:
+            env[f"OMO_{svc.upper()}_WORKER_PORT"] = str(self.opts.worker_ports[svc])
+            env[f"OMO_{svc.upper()}_WORKER_METRICS_PORT"] = str(self.opts.worker_metrics_ports[svc])
         env.setdefault("OMO_LOG_FORMAT", "json")
         env.update(self.opts.extra_env)
         return env
@@ -121,13 +142,23 @@ class Stack:
         with ThreadPoolExecutor(len(self.services)) as pool:
             list(pool.map(one, self.services))
 
+    def processes(self, svc: str) -> list[tuple[str, str, str]]:
+        """(process name, OMO_ROLE, gRPC address) of each process that runs the service."""
+        if not self.opts.split_roles or svc not in config.WORKER_SERVICES:
+            return [(svc, "all", self.address(svc))]
+        return [(svc, "api", self.address(svc)),
+                (f"{svc}-worker", "worker", f"127.0.0.1:{self.opts.worker_ports[svc]}")]
+
     def start_service(self, svc: str) -> None:
-        log = open(self.logs / f"{svc}.log", "ab")
-        self.procs[svc] = subprocess.Popen([sys.executable, "-m", f"services.{svc}"], env=self.env(), cwd=ROOT,
-                                           stdout=log, stderr=subprocess.STDOUT)
+        for proc_name, role, _ in self.processes(svc):
+            log = open(self.logs / f"{proc_name}.log", "ab")
+            env = {**self.env(), "OMO_ROLE": role}
+            self.procs[proc_name] = subprocess.Popen([sys.executable, "-m", f"services.{svc}"], env=env, cwd=ROOT,
+                                                     stdout=log, stderr=subprocess.STDOUT)
 
     def stop_service(self, svc: str, sig: int = signal.SIGTERM) -> None:
-        stop_process(self.procs.get(svc), sig, 20)
+        for proc_name, _, _ in self.processes(svc):
+            stop_process(self.procs.get(proc_name), sig, 20)
 
     def restart_nats(self) -> None:
         """Stop and start the embedded NATS on the same port and data dir (fault-injection tests)."""
@@ -137,13 +168,13 @@ class Stack:
 
     def wait_healthy(self, timeout_s: float = 60, services: tuple[str, ...] = config.SERVICES) -> None:
         deadline = time.monotonic() + timeout_s
-        for svc in services:
-            with grpc.insecure_channel(self.address(svc)) as ch:
+        for proc_name, address in [(p, a) for svc in services for p, _, a in self.processes(svc)]:
+            with grpc.insecure_channel(address) as ch:
                 stub = health_pb2_grpc.HealthStub(ch)
                 while True:
-                    proc = self.procs.get(svc)
+                    proc = self.procs.get(proc_name)
                     if proc is not None and proc.poll() is not None:
-                        raise RuntimeError(f"{svc} exited with {proc.returncode}:\n{self.tail(svc)}")
+                        raise RuntimeError(f"{proc_name} exited with {proc.returncode}:\n{self.tail(proc_name)}")
                     try:
                         reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
                         if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -151,19 +182,12 @@ class Stack:
                     except grpc.RpcError:
                         pass
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"{svc} not healthy within {timeout_s}s:\n{self.tail(svc)}")
+                        raise RuntimeError(f"{proc_name} not healthy within {timeout_s}s:\n{self.tail(proc_name)}")
                     time.sleep(0.2)
 
     def health(self) -> dict[str, str]:
-        result = {}
-        for svc in self.services:
-            with grpc.insecure_channel(self.address(svc)) as ch:
-                try:
-                    reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    result[svc] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-                except grpc.RpcError as err:
-                    result[svc] = err.code().name
-        return result
+        """Health of every process, by process name (`orders`, `orders-worker`, ...)."""
+        return {name: check_health(address) for svc in self.services for name, _, address in self.processes(svc)}
 
     def tail(self, name: str, lines: int = 40) -> str:
         path = self.logs / f"{name}.log"

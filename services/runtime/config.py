@@ -9,6 +9,12 @@ from urllib.parse import quote, urlsplit, urlunsplit
 SERVICES = ("catalog", "orders", "warehouse", "settlement", "marketing")
 GRPC_PORTS = {"catalog": 50051, "orders": 50052, "warehouse": 50053, "settlement": 50054, "marketing": 50055}
 METRICS_PORTS = {"catalog": 9151, "orders": 9152, "warehouse": 9153, "settlement": 9154, "marketing": 9155}
+# Services with background work (event consumers, sweepers, jobs) that can run it in a worker process of
+# its own beside the API process (`OMO_ROLE`); catalog has none.
+WORKER_SERVICES = ("orders", "warehouse", "settlement", "marketing")
+# A worker listens (health only) and serves metrics on these offsets from its service's ports.
+WORKER_PORT_OFFSET = 100
+ROLES = ("all", "api", "worker")
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/omo"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
@@ -56,6 +62,10 @@ class Settings:
     outbox_batch: int
     consumer_batch: int
     max_deliver: int
+    # "all": RPCs and background work in one process (the default). "api": RPCs only. "worker": consumers,
+    # sweepers and jobs only, at a lower CPU priority (`worker_nice`), serving just the health service.
+    role: str = "all"
+    worker_nice: int = 10
 
     def address_of(self, service: str) -> str:
         """Where another service listens, for gRPC clients."""
@@ -78,13 +88,28 @@ def service_database_url(service: str) -> str:
     return _env(f"OMO_{service.upper()}_DATABASE_URL", role_url(admin_database_url(), service))
 
 
+def worker_port(service: str) -> int:
+    return int(_env(f"OMO_{service.upper()}_WORKER_PORT", str(grpc_port(service) + WORKER_PORT_OFFSET)))
+
+
+def worker_metrics_port(service: str) -> int:
+    return int(_env(f"OMO_{service.upper()}_WORKER_METRICS_PORT",
+                    str(metrics_port(service) + WORKER_PORT_OFFSET)))
+
+
 def load(service: str) -> Settings:
     if service not in SERVICES:
         raise ValueError(f"unknown service {service!r}")
+    role = _env("OMO_ROLE", "all")
+    if role not in ROLES:
+        raise ValueError(f"OMO_ROLE must be one of {', '.join(ROLES)}, not {role!r}")
+    worker = role == "worker"
     return Settings(
         service=service,
-        grpc_port=grpc_port(service),
-        metrics_port=metrics_port(service),
+        grpc_port=worker_port(service) if worker else grpc_port(service),
+        metrics_port=worker_metrics_port(service) if worker else metrics_port(service),
+        role=role,
+        worker_nice=int(_env("OMO_WORKER_NICE", "10")),
         database_url=service_database_url(service),
         nats_url=_env("NATS_URL", DEFAULT_NATS_URL),
         log_level=_env("OMO_LOG_LEVEL", "info"),

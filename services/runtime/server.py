@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import pathlib
 import signal
 import sys
@@ -69,6 +70,11 @@ Wire = Callable[[Runtime], Awaitable[Wiring]]
 async def serve(name: str, wire: Wire) -> None:
     settings = config.load(name)
     log.configure(name, settings.log_level, settings.log_format)
+    serves_rpcs, works = settings.role in ("all", "api"), settings.role in ("all", "worker")
+    if settings.role == "worker" and settings.worker_nice:
+        # Background work yields the CPU to the RPC path whenever both want it: an order's placement waits
+        # on no consumer, and consumers only fall a little behind while the API is busy.
+        os.nice(settings.worker_nice)
     metrics.start(name, settings.metrics_port)
     engine = db.create_engine(settings.database_url, name, pool_size=settings.db_pool_size,
                               application_name=f"omo-{name}")
@@ -90,7 +96,7 @@ async def serve(name: str, wire: Wire) -> None:
     health_servicer = health.aio.HealthServicer()
     rpcs.register(health_pb2_grpc.add_HealthServicer_to_server, health_servicer, server)
     names = []
-    for add, servicer, full_name in wiring.servicers:
+    for add, servicer, full_name in wiring.servicers if serves_rpcs else ():
         rpcs.register(add, servicer, server)
         names.append(full_name)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
@@ -102,11 +108,11 @@ async def serve(name: str, wire: Wire) -> None:
     relay = OutboxRelay(engine, js, name, batch=settings.outbox_batch)
     consumers = [
         Consumer(engine, nc, sub, batch=settings.consumer_batch, max_deliver=settings.max_deliver)
-        for sub in wiring.subscriptions
+        for sub in (wiring.subscriptions if works else ())
     ]
     tasks = [asyncio.create_task(relay.run(), name="outbox-relay")]
     tasks += [asyncio.create_task(c.run(), name=f"consumer-{c.sub.durable}") for c in consumers]
-    tasks += [asyncio.create_task(job(), name=f"job-{i}") for i, job in enumerate(wiring.jobs)]
+    tasks += [asyncio.create_task(job(), name=f"job-{i}") for i, job in enumerate(wiring.jobs if works else ())]
 
     # Everything built so far lives as long as the process: move it out of the collector's sight, and collect
     # the young generation less often (a request allocates a lot of short-lived objects, few cycles).
@@ -115,7 +121,8 @@ async def serve(name: str, wire: Wire) -> None:
     gc.set_threshold(20_000, 20, 20)
     for service_name in ("", *names):
         await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
-    _log.info("serving", grpc_port=settings.grpc_port, metrics_port=settings.metrics_port, services=names)
+    _log.info("serving", role=settings.role, grpc_port=settings.grpc_port, metrics_port=settings.metrics_port,
+              services=names, consumers=len(consumers))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

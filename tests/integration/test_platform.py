@@ -97,3 +97,23 @@ def test_sigterm_turns_health_not_serving_then_exits_cleanly(stack):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_background_work_runs_in_worker_processes_at_lower_priority(stack):
+    """With split roles (the default), each service with consumers or jobs runs them in a worker process
+    beside its API process: the worker answers health, consumes (its metrics count its consumers) and runs
+    niced; the API process serves the RPCs and consumes nothing."""
+    if not stack.opts.split_roles:
+        pytest.skip("this stack runs one process per service")
+    assert set(stack.health().values()) == {"SERVING"}
+    for svc in config.WORKER_SERVICES:
+        if svc not in stack.services:
+            continue
+        worker = stack.procs[f"{svc}-worker"]
+        nice = int(open(f"/proc/{worker.pid}/stat").read().rsplit(")", 1)[1].split()[16])
+        assert nice == 10, svc
+        api_metrics = urllib.request.urlopen(f"http://127.0.0.1:{stack.opts.metrics_ports[svc]}/metrics").read()
+        worker_metrics = urllib.request.urlopen(
+            f"http://127.0.0.1:{stack.opts.worker_metrics_ports[svc]}/metrics").read()
+        assert b"omo_events_consumed_total{" in worker_metrics, svc
+        assert b"omo_events_consumed_total{" not in api_metrics, svc
