@@ -357,19 +357,19 @@ def dispatch(order: Order, shipment_id: str, at: datetime, complete: bool = True
     legs = order.legs if i is None else leg_rules.ship(order.legs, i, shipment_id, warehouse_id, at)
     if complete:
         legs = leg_rules.all_left(legs, at)
-    followed = replace(order, legs=legs, warehouse_id=legs[0].warehouse_id if legs else order.warehouse_id)
-    first_or_last = order.dispatched_at is None or (complete and not all(leg.shipped for leg in order.legs))
+    followed = {"legs": legs, "warehouse_id": legs[0].warehouse_id if legs else order.warehouse_id}
     if order.status in (Status.PARTIALLY_REFUNDED, Status.REFUNDED):
-        # Refunded before all of it left (money only, or goods of the legs that had left): the refund stands.
-        if first_or_last:
-            return replace(followed, shipment_id=shipment_id, dispatched_at=at)
-        return followed if followed != order else None
+        # Refunded before all of it left (money only, or goods of the legs that had left): the refund stands,
+        # the first parcel and the last are recorded.
+        if order.dispatched_at is None or (complete and not all(leg.shipped for leg in order.legs)):
+            return replace(order, shipment_id=shipment_id, dispatched_at=at, **followed)
+        return replace(order, **followed) if legs != order.legs else None
     if order.status in _SHIPPED_OR_LATER and (not complete or order.status != Status.PARTIALLY_SHIPPED):
         # Another leg of an order that moved on already (several legs leaving at once all say complete).
-        return followed if followed != order else None
+        return replace(order, **followed) if legs != order.legs else None
     target = Status.DISPATCHED if complete else Status.PARTIALLY_SHIPPED
     check_transition(order.status, target)
-    return replace(followed, status=target, shipment_id=shipment_id, dispatched_at=at)
+    return replace(order, status=target, shipment_id=shipment_id, dispatched_at=at, **followed)
 
 
 def ready_for_pickup(order: Order, pickup_code: str, at: datetime | None = None) -> Order | None:

@@ -239,10 +239,9 @@ def _order(row) -> Order:  # type: ignore[no-untyped-def]
         dispatched_at=row.dispatched_at, cancelled_at=row.cancelled_at, cancel_reason=row.cancel_reason,
         refunded_fen=row.refunded_fen, fulfilment_mode=Fulfilment(row.fulfilment_mode), warehouse_id=row.warehouse_id,
         pickup_code=row.pickup_code, delivered_at=row.delivered_at, completed_at=row.completed_at,
-        pickup_ready_at=row.pickup_ready_at,
+        pickup_ready_at=row.pickup_ready_at, legs=tuple(_leg(g) for g in _json(row.legs) or ()),
     )
-    stored = _json(row.legs)
-    return replace(order, legs=tuple(_leg(g) for g in stored) if stored else (legacy_leg(order),))
+    return order if order.legs else replace(order, legs=(legacy_leg(order),))
 
 
 class OrderStore:
