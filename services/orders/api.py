@@ -40,7 +40,9 @@ def order_pb(o: domain.Order) -> pb.Order:
         consumer_id=o.consumer_id,
         lines=[pb.OrderLine(sku_id=li.sku_id, name=li.name, quantity=li.quantity, unit_price_fen=li.unit_price_fen,
                             unit_supply_price_fen=li.unit_supply_price_fen, line_total_fen=li.line_total_fen,
-                            refunded_quantity=li.refunded_quantity, refunded_fen=li.refunded_fen)
+                            refunded_quantity=li.refunded_quantity, refunded_fen=li.refunded_fen,
+                            shipped_quantity=domain.shipped_quantity(o, li.sku_id),
+                            returned_quantity=domain.returned_quantity(o, li.sku_id))
                for li in o.lines],
         attribution=pb.Attribution(scene=a.scene, dealer_id=a.dealer_id, store_id=a.store_id, guide_id=a.guide_id),
         coupon=coupon,
@@ -61,6 +63,11 @@ def order_pb(o: domain.Order) -> pb.Order:
         pickup_code=o.pickup_code,
         delivered_at=timestamps.to_proto(o.delivered_at),
         completed_at=timestamps.to_proto(o.completed_at),
+        legs=[pb.OrderLeg(reservation_id=g.reservation_id, warehouse_id=g.warehouse_id, shipment_id=g.shipment_id,
+                          dispatched_at=timestamps.to_proto(g.dispatched_at),
+                          lines=[pb.OrderLegLine(sku_id=li.sku_id, quantity=li.quantity,
+                                                 returned_quantity=li.returned_quantity) for li in g.lines])
+              for g in o.legs],
     )
 
 
@@ -69,7 +76,9 @@ def refund_pb(r: domain.Refund) -> pb.Refund:
         provider_refund_id=r.provider_refund_id, order_id=r.order_id, amount_fen=r.amount_fen,
         goods_returned=r.goods_returned, refunded_at=timestamps.to_proto(r.refunded_at),
         lines=[pb.RefundedLine(sku_id=li.sku_id, quantity=li.quantity, gross_fen=li.gross_fen,
-                               discount_fen=li.discount_fen, amount_fen=li.amount_fen, supply_fen=li.supply_fen)
+                               discount_fen=li.discount_fen, amount_fen=li.amount_fen, supply_fen=li.supply_fen,
+                               legs=[pb.LegReturn(reservation_id=g.reservation_id, warehouse_id=g.warehouse_id,
+                                                  quantity=g.quantity) for g in li.legs])
                for li in r.lines],
     )
 

@@ -11,6 +11,9 @@ from datetime import UTC, datetime, timedelta
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from services.runtime.money import allocate
 
+from . import legs as leg_rules
+from .legs import Leg, LegLine, LegReturn
+
 # How long an order may stay unpaid before the sweeper cancels it (OMO_PAYMENT_WINDOW_S).
 DEFAULT_PAYMENT_WINDOW_S = 15 * 60
 # How long after the consumer has every item refunds and returns are still taken (OMO_AFTER_SALES_WINDOW_S):
@@ -70,11 +73,14 @@ ALLOWED_TRANSITIONS: frozenset[tuple[Status, Status]] = frozenset({
     (Status.PAID, Status.CANCELLED),
     (Status.PARTIALLY_REFUNDED, Status.CANCELLED),
     (Status.REFUNDED, Status.CANCELLED),
-    # Refunds after payment: before hand-over money only, after it with or without returned goods.
+    # Refunds after payment: before hand-over money only, after it with or without returned goods (only
+    # goods that left: a split order partly shipped returns from the legs that shipped).
     (Status.PAID, Status.PARTIALLY_REFUNDED),
     (Status.PAID, Status.REFUNDED),
     (Status.DISPATCHED, Status.PARTIALLY_REFUNDED),
     (Status.DISPATCHED, Status.REFUNDED),
+    (Status.PARTIALLY_SHIPPED, Status.PARTIALLY_REFUNDED),
+    (Status.PARTIALLY_SHIPPED, Status.REFUNDED),
     (Status.PARTIALLY_REFUNDED, Status.PARTIALLY_REFUNDED),
     (Status.PARTIALLY_REFUNDED, Status.REFUNDED),
     (Status.DISPATCHED, Status.DELIVERED),
@@ -86,9 +92,10 @@ ALLOWED_TRANSITIONS: frozenset[tuple[Status, Status]] = frozenset({
     (Status.DISPATCHED, Status.COMPLETED),
     (Status.PARTIALLY_REFUNDED, Status.COMPLETED),
 })
-# Refunds follow payment; a dispatch or a delivery after a refund is recorded (dispatched_at, delivered_at)
-# without undoing the refund. A split order partly shipped is refunded once it is shipped in full.
-REFUNDABLE = frozenset({Status.PAID, Status.DISPATCHED, Status.DELIVERED, Status.PARTIALLY_REFUNDED})
+# Refunds follow payment; a dispatch or a delivery after a refund is recorded (the legs, dispatched_at,
+# delivered_at) without undoing the refund: a refunded order keeps following its parcels by its legs.
+REFUNDABLE = frozenset({Status.PAID, Status.PARTIALLY_SHIPPED, Status.DISPATCHED, Status.DELIVERED,
+                        Status.PARTIALLY_REFUNDED})
 
 
 def check_transition(current: Status, target: Status) -> None:
@@ -175,10 +182,12 @@ class Order:
     subtotal_fen: int
     discount_fen: int
     payable_fen: int
+    # The first leg's reservation and location (legs[0]): what the order stood for before it had legs.
     reservation_id: str
     created_at: datetime
     payment_txn_id: str = ""
     paid_at: datetime | None = None
+    # The first shipment that left, then the one with which the order was shipped in full.
     shipment_id: str = ""
     dispatched_at: datetime | None = None
     cancelled_at: datetime | None = None
@@ -191,6 +200,16 @@ class Order:
     pickup_ready_at: datetime | None = None
     delivered_at: datetime | None = None
     completed_at: datetime | None = None
+    # One per location of its route, in the route's order.
+    legs: tuple[Leg, ...] = ()
+
+
+def shipped_quantity(order: Order, sku_id: str) -> int:
+    return leg_rules.shipped(order.legs, sku_id)
+
+
+def returned_quantity(order: Order, sku_id: str) -> int:
+    return leg_rules.returned(order.legs, sku_id)
 
 
 # -- placing ----------------------------------------------------------------------------------------------
@@ -253,13 +272,44 @@ def attribute(requested: Attribution, store: StoreRef, credited_store: StoreRef 
 
 def new_order(order_id: str, store: StoreRef, consumer_id: str, attribution: Attribution, lines: tuple[Line, ...],
               coupon: Coupon | None, reservation_id: str, now: datetime,
-              fulfilment_mode: Fulfilment = Fulfilment.CLOUD_SHIPPING, warehouse_id: str = "") -> Order:
+              fulfilment_mode: Fulfilment = Fulfilment.CLOUD_SHIPPING, warehouse_id: str = "",
+              legs: tuple[Leg, ...] | None = None) -> Order:
+    """`legs`: the holds the warehouse made, one per location (None: one hold of every line)."""
     sums = totals(lines, coupon.discount_fen if coupon else 0)
     if coupon is not None and coupon.discount_fen != sums.discount_fen:
         coupon = replace(coupon, discount_fen=sums.discount_fen)
+    if legs is None:
+        legs = (one_leg(reservation_id, warehouse_id, lines),)
+    _check_legs(lines, legs, reservation_id)
     return Order(order_id, Status.PENDING_PAYMENT, store.store_id, store.dealer_id, store.brand_id, consumer_id,
                  attribution, lines, coupon, sums.subtotal_fen, sums.discount_fen, sums.payable_fen,
-                 reservation_id, now, fulfilment_mode=fulfilment_mode, warehouse_id=warehouse_id)
+                 reservation_id, now, fulfilment_mode=fulfilment_mode, warehouse_id=warehouse_id, legs=legs)
+
+
+def one_leg(reservation_id: str, warehouse_id: str, lines: Sequence[Line]) -> Leg:
+    """Every line held at one location."""
+    return Leg(reservation_id, warehouse_id, tuple(LegLine(line.sku_id, line.quantity) for line in lines))
+
+
+def legacy_leg(order: Order) -> Leg:
+    """An order stored before orders recorded legs, as its migration reads it: every line at its location,
+    left if the order was dispatched. A split order caught partly shipped is not (which leg left is unknown);
+    the warehouse's event for its last leg marks every leg out."""
+    leg = one_leg(order.reservation_id, order.warehouse_id, order.lines)
+    if order.dispatched_at is None or order.status == Status.PARTIALLY_SHIPPED:
+        return leg
+    return replace(leg, shipment_id=order.shipment_id, dispatched_at=order.dispatched_at)
+
+
+def _check_legs(lines: Sequence[Line], legs: Sequence[Leg], reservation_id: str) -> None:
+    """The holds cover the lines exactly: what can ship, and so come back, is what was bought."""
+    held: dict[str, int] = {}
+    for leg in legs:
+        for line in leg.lines:
+            held[line.sku_id] = held.get(line.sku_id, 0) + line.quantity
+    if not legs or legs[0].reservation_id != reservation_id or held != {li.sku_id: li.quantity for li in lines}:
+        raise RuntimeError(f"the holds {legs} do not cover the order's lines {lines} as reservation "
+                           f"{reservation_id!r}")
 
 
 # -- paying -----------------------------------------------------------------------------------------------
@@ -288,24 +338,38 @@ _SHIPPED_OR_LATER = frozenset({Status.PARTIALLY_SHIPPED, Status.DISPATCHED, Stat
                                Status.PARTIALLY_REFUNDED, Status.REFUNDED})
 
 
-def dispatch(order: Order, shipment_id: str, at: datetime, complete: bool = True) -> Order | None:
-    """A shipment of the order left; `complete`: it was the last of the order's shipments (every one, for a
-    split order). None if there is nothing to record: this very shipment was recorded already (a
-    redelivery), or a shipment that is not the last arrives after the order moved on."""
-    if order.status in (Status.PARTIALLY_SHIPPED, Status.DISPATCHED) and order.shipment_id == shipment_id:
-        return None
+def dispatch(order: Order, shipment_id: str, at: datetime, complete: bool = True, *, reservation_id: str = "",
+             warehouse_id: str = "") -> Order | None:
+    """A shipment of the order left, carrying the leg held as `reservation_id` at `warehouse_id`;
+    `complete`: it was the last of the order's shipments (every one, for a split order). The leg is marked
+    shipped and the order moves on: PAID -> PARTIALLY_SHIPPED while others have not left, -> DISPATCHED
+    with the last. An order refunded meanwhile keeps its refund status and records the parcel only.
+
+    None if there is nothing to record: this leg's shipment was recorded already (a redelivery, or the same
+    shipment under another event id), so its units never count twice."""
+    i = leg_rules.carrying(order.legs, reservation_id, warehouse_id)
+    if i is not None and order.legs[i].shipment_id:
+        if order.legs[i].shipment_id == shipment_id:
+            return None
+        i = None  # a leg has one shipment: this one is not the leg's (an order that knows only its first leg)
+    if i is None and order.dispatched_at is not None and order.shipment_id == shipment_id:
+        return None  # recorded before the order followed its legs
+    legs = order.legs if i is None else leg_rules.ship(order.legs, i, shipment_id, warehouse_id, at)
+    if complete:
+        legs = leg_rules.all_left(legs, at)
+    followed = {"legs": legs, "warehouse_id": legs[0].warehouse_id if legs else order.warehouse_id}
     if order.status in (Status.PARTIALLY_REFUNDED, Status.REFUNDED):
-        # Refunded before its goods left (money only): the refund stands, the time it shipped in full is kept.
-        if not complete or order.dispatched_at is not None:
-            return None
-        return replace(order, shipment_id=shipment_id, dispatched_at=at)
-    if not complete:
-        if order.status in _SHIPPED_OR_LATER:
-            return None
-        check_transition(order.status, Status.PARTIALLY_SHIPPED)
-        return replace(order, status=Status.PARTIALLY_SHIPPED, shipment_id=shipment_id, dispatched_at=at)
-    check_transition(order.status, Status.DISPATCHED)
-    return replace(order, status=Status.DISPATCHED, shipment_id=shipment_id, dispatched_at=at)
+        # Refunded before all of it left (money only, or goods of the legs that had left): the refund stands,
+        # the first parcel and the last are recorded.
+        if order.dispatched_at is None or (complete and not all(leg.shipped for leg in order.legs)):
+            return replace(order, shipment_id=shipment_id, dispatched_at=at, **followed)
+        return replace(order, **followed) if legs != order.legs else None
+    if order.status in _SHIPPED_OR_LATER and (not complete or order.status != Status.PARTIALLY_SHIPPED):
+        # Another leg of an order that moved on already (several legs leaving at once all say complete).
+        return replace(order, **followed) if legs != order.legs else None
+    target = Status.DISPATCHED if complete else Status.PARTIALLY_SHIPPED
+    check_transition(order.status, target)
+    return replace(order, status=target, shipment_id=shipment_id, dispatched_at=at, **followed)
 
 
 def ready_for_pickup(order: Order, pickup_code: str, at: datetime | None = None) -> Order | None:
@@ -362,6 +426,8 @@ class RefundedLine:
     discount_fen: int
     amount_fen: int
     supply_fen: int
+    # Goods returned: the legs they shipped with, where they go back into stock.
+    legs: tuple[LegReturn, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -395,7 +461,9 @@ def refund(order: Order, provider_refund_id: str, requested: Sequence[tuple[str,
            at: datetime) -> tuple[Refund, Order]:
     """Refund units by line. Empty `requested` refunds every unit not refunded yet. Amounts are exact: a line's
     paid amount is its total less its discount share, and its refunds add up to exactly that once every unit
-    is back."""
+    is back. Returned goods come only from legs that left, at most what of a line left and has not come back
+    yet, and go back to those legs' locations; a money-only refund of units still waiting does not stop
+    them."""
     if order.status == Status.COMPLETED:
         raise FailedPrecondition(f"order {order.order_id!r} is completed: its after-sales window closed",
                                  reason="AFTER_SALES_CLOSED", metadata={"order_id": order.order_id})
@@ -419,29 +487,48 @@ def refund(order: Order, provider_refund_id: str, requested: Sequence[tuple[str,
         if quantity > left:
             raise InvalidArgument.field(f"lines[{n}].quantity", f"is {quantity}, only {left} units are left "
                                                                 "to refund on this line")
+        if goods_returned and quantity > (back := _returnable(order, sku_id)):
+            raise InvalidArgument.field(f"lines[{n}].quantity", f"is {quantity}, only {back} units of this line "
+                                                                "were handed over and not returned yet")
         wanted[i] = quantity
     if not wanted:
         raise FailedPrecondition(f"order {order.order_id!r} has nothing left to refund", reason="NOTHING_TO_REFUND",
                                  metadata={"order_id": order.order_id})
+    if goods_returned and not requested:
+        for i, quantity in wanted.items():
+            back = _returnable(order, order.lines[i].sku_id)
+            if quantity > back:
+                raise InvalidArgument.field("lines", f"is empty, which returns every unit not refunded yet, but "
+                                                     f"only {back} of {order.lines[i].sku_id} were handed over and "
+                                                     "not returned: name the units sent back")
     discounts = line_discounts(order)
     new_lines = list(order.lines)
+    new_legs = order.legs
     refunded: list[RefundedLine] = []
     for i in sorted(wanted):
         line, quantity = order.lines[i], wanted[i]
         before, after = line.refunded_quantity, line.refunded_quantity + quantity
         discount = _share(discounts[i], after, line.quantity) - _share(discounts[i], before, line.quantity)
         gross = line.unit_price_fen * quantity
+        returns: tuple[LegReturn, ...] = ()
+        if goods_returned:
+            new_legs, returns = leg_rules.take_back(new_legs, line.sku_id, quantity)
         part = RefundedLine(line.sku_id, quantity, gross, discount, gross - discount,
-                            line.unit_supply_price_fen * quantity)
+                            line.unit_supply_price_fen * quantity, returns)
         refunded.append(part)
         new_lines[i] = replace(line, refunded_quantity=after, refunded_fen=line.refunded_fen + part.amount_fen)
     done = all(line.refunded_quantity == line.quantity for line in new_lines)
     target = Status.REFUNDED if done else Status.PARTIALLY_REFUNDED
     check_transition(order.status, target)
     result = Refund(provider_refund_id, order.order_id, tuple(refunded), goods_returned, at)
-    updated = replace(order, status=target, lines=tuple(new_lines),
+    updated = replace(order, status=target, lines=tuple(new_lines), legs=new_legs,
                       refunded_fen=order.refunded_fen + result.amount_fen)
     return result, updated
+
+
+def _returnable(order: Order, sku_id: str) -> int:
+    """Units of the SKU the consumer has and may send back: handed over and not returned yet."""
+    return leg_rules.shipped(order.legs, sku_id) - leg_rules.returned(order.legs, sku_id)
 
 
 def deliver(order: Order, at: datetime, complete: bool = True) -> Order | None:

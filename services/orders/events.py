@@ -32,12 +32,13 @@ def _when(stamp: Timestamp | None, delivery: Delivery) -> datetime:
 
 
 def on_shipments_dispatched(store: OrderStore) -> BatchHandler:
-    """PAID -> DISPATCHED, or PARTIALLY_SHIPPED while other locations' shipments of a split order have not
-    left yet (then -> DISPATCHED with the last). A whole batch of shipments in three statements: the orders
-    locked at once, the rules applied in delivery order (several shipments of one order follow each other),
-    the changes written at once. A redelivered shipment finds the order already dispatched with it and
-    changes nothing (defence in depth behind the inbox); an order that is not paid fails the batch, which
-    the consumer then retries message by message, finally dead-lettering that one."""
+    """Each shipment marks its leg of the order shipped (found by the reservation it carries); the order is
+    PARTIALLY_SHIPPED while other locations' shipments of a split order have not left yet, DISPATCHED with
+    the last. A whole batch of shipments in two statements: the orders locked (and their legs read) at once, the
+    rules applied in delivery order (several shipments of one order follow each other), the changes written
+    at once. A redelivered shipment (or the same one under another event id) finds its leg shipped with it
+    and changes nothing, so no leg's units count twice; an order that is not paid fails the batch, which the
+    consumer then retries message by message, finally dead-lettering that one."""
 
     async def handle(conn: Connection, items: list[tuple[wh_events.ShipmentDispatched, Delivery]]) -> None:
         orders = await store.orders_locked(conn, [event.order_id for event, _ in items])
@@ -47,10 +48,11 @@ def on_shipments_dispatched(store: OrderStore) -> BatchHandler:
             if order is None:
                 raise NotFound("order", event.order_id)
             at = _when(event.dispatched_at if event.HasField("dispatched_at") else None, delivery)
-            dispatched = domain.dispatch(order, event.shipment_id, at, event.order_fully_dispatched)
+            dispatched = domain.dispatch(order, event.shipment_id, at, event.order_fully_dispatched,
+                                         reservation_id=event.reservation_id, warehouse_id=event.warehouse_id)
             if dispatched is not None:
                 changed[event.order_id] = dispatched
-        await store.record_dispatches(conn, list(changed.values()))
+        await store.record_dispatches(conn, [(orders[o], after) for o, after in changed.items()])
 
     return handle
 

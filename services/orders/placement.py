@@ -135,13 +135,12 @@ class Placement:
         attribution = domain.attribute(_attribution(request.attribution), store, credited)
         lines = domain.price_lines(requested, quotes)
         holds = await self._reserve(order_id, lines, route)
-        reservation_id, warehouse_id = holds[0]
         coupon = None
         if request.coupon_code:
             coupon = await self._redeem(request, order_id, store, domain.totals(lines).subtotal_fen,
-                                        [rid for rid, _ in holds], digest)
-        order = domain.new_order(order_id, store, request.consumer_id, attribution, lines, coupon, reservation_id,
-                                 timestamps.now(), route.mode, warehouse_id)
+                                        [leg.reservation_id for leg in holds], digest)
+        order = domain.new_order(order_id, store, request.consumer_id, attribution, lines, coupon,
+                                 holds[0].reservation_id, timestamps.now(), route.mode, holds[0].warehouse_id, holds)
 
         if await self.writes.place(Placing(order, key, digest)):
             return order
@@ -173,10 +172,10 @@ class Placement:
         return store
 
     async def _reserve(self, order_id: str, lines: tuple[domain.Line, ...],
-                       route: domain.Route) -> list[tuple[str, str]]:
-        """The holds and the locations they are at, one per location of a split route (the first stands for
-        the order). With the consumer's place the warehouse routes (the same ranking as its QuoteRoute);
-        without, it holds at the first cloud warehouse covering every line."""
+                       route: domain.Route) -> tuple[domain.Leg, ...]:
+        """The holds, one per location of a split route, each with its location and lines: the order's legs
+        (the first stands for the order). With the consumer's place the warehouse routes (the same ranking as
+        its QuoteRoute); without, it holds at the first cloud warehouse covering every line."""
         request = wh.ReserveStockRequest(
             idempotency_key=f"{order_id}:reserve", order_id=order_id,
             lines=[wh.StockLine(sku_id=li.sku_id, quantity=li.quantity) for li in lines],
@@ -187,7 +186,8 @@ class Placement:
             request.route.deliver_to.latitude, request.route.deliver_to.longitude = route.deliver_to
         reply = await self._holds.call(request)
         legs = reply.legs or [reply.reservation]
-        return [(r.reservation_id, r.warehouse_id) for r in legs]
+        return tuple(domain.Leg(r.reservation_id, r.warehouse_id,
+                                tuple(domain.LegLine(li.sku_id, li.quantity) for li in r.lines)) for r in legs)
 
     async def _redeem(self, request: pb.PlaceOrderRequest, order_id: str, store: domain.StoreRef, subtotal_fen: int,
                       reservation_ids: list[str], digest: bytes) -> domain.Coupon:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from google.protobuf.message import Message
@@ -14,7 +14,7 @@ from services.runtime import outbox
 from services.runtime.db import Connection, is_unique_violation
 from services.runtime.errors import InvalidArgument
 
-from .domain import Attribution, Coupon, Fulfilment, Line, Order, Refund, Status
+from .domain import Attribution, Coupon, Fulfilment, Leg, LegLine, Line, Order, Refund, Status, legacy_leg
 
 _ORDER_COLS = (
     "order_id, status, store_id, dealer_id, brand_id, consumer_id, attribution_scene, attribution_dealer_id, "
@@ -26,6 +26,34 @@ _LINE_COLS = "sku_id, name, quantity, unit_price_fen, unit_supply_price_fen, lin
 _ORDER_READ_COLS = (_ORDER_COLS + ", cancelled_at, cancel_reason, refunded_fen, fulfilment_mode, warehouse_id, "
                     "pickup_code, delivered_at, completed_at, pickup_ready_at")
 _LINE_READ_COLS = _LINE_COLS + ", refunded_quantity, refunded_fen"
+# An order's lines and legs as two JSON arrays beside its row: one round trip reads a whole order.
+_READ = f"""
+    SELECT {_ORDER_READ_COLS},
+           (SELECT json_agg(json_build_array({_LINE_READ_COLS}) ORDER BY line_no) FROM order_lines l
+            WHERE l.order_id = o.order_id) AS lines,
+           (SELECT json_agg(json_build_array(g.reservation_id, g.warehouse_id, g.sku_ids, g.quantities, g.returned,
+                                             g.shipment_id, g.dispatched_at) ORDER BY g.leg) FROM order_legs g
+            WHERE g.order_id = o.order_id) AS legs
+    FROM orders o"""
+# Legs of many orders from flat arrays, one element per leg line (placing, shipping and returns write them).
+_LEGS_IN = """
+    SELECT x.order_id, x.leg, x.reservation_id, x.warehouse_id, array_agg(x.sku_id ORDER BY x.n) AS sku_ids,
+           array_agg(x.quantity ORDER BY x.n) AS quantities, array_agg(x.returned ORDER BY x.n) AS returned,
+           x.shipment_id, x.dispatched_at
+    FROM unnest(CAST(:leg_orders AS text[]), CAST(:leg_nos AS integer[]), CAST(:leg_rids AS text[]),
+                CAST(:leg_warehouses AS text[]), CAST(:leg_skus AS text[]), CAST(:leg_quantities AS bigint[]),
+                CAST(:leg_returned AS bigint[]), CAST(:leg_shipments AS text[]), CAST(:leg_ats AS timestamptz[]))
+         WITH ORDINALITY AS x(order_id, leg, reservation_id, warehouse_id, sku_id, quantity, returned, shipment_id,
+                              dispatched_at, n)
+    GROUP BY x.order_id, x.leg, x.reservation_id, x.warehouse_id, x.shipment_id, x.dispatched_at"""
+# What shipping and returns change on legs. An order stored by a process older than its legs has none
+# stored (it reads as one leg): the first change inserts it.
+_UPSERT_LEGS = f"""
+    INSERT INTO order_legs (order_id, leg, reservation_id, warehouse_id, sku_ids, quantities, returned, shipment_id,
+                            dispatched_at)
+    SELECT g.* FROM ({_LEGS_IN}) g JOIN changed USING (order_id)
+    ON CONFLICT (order_id, leg) DO UPDATE SET warehouse_id = excluded.warehouse_id, returned = excluded.returned,
+        shipment_id = excluded.shipment_id, dispatched_at = excluded.dispatched_at"""
 
 # Orders with their lines, many in one statement (placements arriving together share it). A conflict on
 # order_id (a retry that raced the first attempt) or a refusal recorded under the key inserts nothing for
@@ -65,28 +93,35 @@ _PLACE = text(f"""
                     CAST(:unit_supply_prices AS bigint[]), CAST(:line_totals AS bigint[]))
              AS l(order_id, line_no, sku_id, name, quantity, unit_price_fen, unit_supply_price_fen, line_total_fen)
         JOIN placed p ON p.order_id = l.order_id
+    ), legs AS (
+        INSERT INTO order_legs (order_id, leg, reservation_id, warehouse_id, sku_ids, quantities, returned,
+                                shipment_id, dispatched_at)
+        SELECT g.* FROM ({_LEGS_IN}) g JOIN placed p ON p.order_id = g.order_id
     )
     SELECT order_id FROM placed
 """)
-# The order row with its lines as one JSON array: one round trip to read a whole order.
-_SELECT_SQL = f"""
-    SELECT {_ORDER_READ_COLS},
-           (SELECT json_agg(json_build_array({_LINE_READ_COLS}) ORDER BY line_no) FROM order_lines l
-            WHERE l.order_id = o.order_id) AS lines
-    FROM orders o WHERE order_id = :id
-"""
+_SELECT_SQL = _READ + " WHERE order_id = :id"
 _SELECT = text(_SELECT_SQL)
 _SELECT_LOCKED = text(_SELECT_SQL + " FOR UPDATE OF o")
 # Many orders locked at once (event batches), in order_id order so that two batches cannot deadlock.
 _SELECT_MANY_LOCKED = text(_SELECT_SQL.replace("WHERE order_id = :id", "WHERE order_id = ANY(:ids)")
                            + " ORDER BY o.order_id FOR UPDATE OF o")
-# What shipments did to many orders, in one statement; the WHERE repeats the states a shipment may follow.
-_DISPATCH_MANY = text("""
-    UPDATE orders o SET status = v.status, shipment_id = v.shipment_id, dispatched_at = v.at
-    FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), CAST(:shipments AS text[]),
-                CAST(:ats AS timestamptz[])) AS v(order_id, status, shipment_id, at)
-    WHERE o.order_id = v.order_id AND o.status IN ('PAID', 'PARTIALLY_SHIPPED', 'PARTIALLY_REFUNDED', 'REFUNDED')
+# What shipments did to many orders and their legs, in one statement; each order changes only from the
+# status it was judged in.
+_DISPATCH_MANY = text(f"""
+    WITH changed AS (
+        UPDATE orders o SET status = v.status, shipment_id = v.shipment_id, dispatched_at = v.at,
+                            warehouse_id = v.warehouse_id
+        FROM unnest(CAST(:ids AS text[]), CAST(:befores AS text[]), CAST(:statuses AS text[]),
+                    CAST(:shipments AS text[]), CAST(:ats AS timestamptz[]), CAST(:warehouses AS text[]))
+             AS v(order_id, before, status, shipment_id, at, warehouse_id)
+        WHERE o.order_id = v.order_id AND o.status = v.before
+        RETURNING o.order_id
+    ), legs AS ({_UPSERT_LEGS})
+    SELECT count(*) AS changed FROM changed
 """)
+# The legs a refund returned goods to, for one order the caller holds locked.
+_RETURN_TO_LEGS = text(f"WITH changed AS (SELECT CAST(:order_id AS text) AS order_id) {_UPSERT_LEGS}")
 # PENDING_PAYMENT -> PAID, the notification kept and OrderPaid announced, for many orders in one statement
 # (atomic by itself, no BEGIN/COMMIT round trips; notifications arriving together share it). The WHERE
 # repeats the state check against the newest row versions; the payments key refuses a transaction id another
@@ -167,10 +202,32 @@ class Prior:
     refusal: Refusal | None
 
 
+def _json(value):  # type: ignore[no-untyped-def]
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _leg(r: list) -> Leg:  # type: ignore[type-arg]
+    reservation_id, warehouse_id, skus, quantities, returned, shipment_id, at = r
+    return Leg(reservation_id, warehouse_id, tuple(LegLine(*li) for li in zip(skus, quantities, returned, strict=True)),
+               shipment_id, datetime.fromisoformat(at) if at else None)
+
+
+def _leg_params(orders: list[Order]) -> dict[str, list]:  # type: ignore[type-arg]
+    """The legs of orders as _LEGS_IN's flat arrays."""
+    rows = [(o.order_id, n, leg, line) for o in orders for n, leg in enumerate(o.legs) for line in leg.lines]
+    return {
+        "leg_orders": [r[0] for r in rows], "leg_nos": [r[1] for r in rows],
+        "leg_rids": [r[2].reservation_id for r in rows], "leg_warehouses": [r[2].warehouse_id for r in rows],
+        "leg_skus": [r[3].sku_id for r in rows], "leg_quantities": [r[3].quantity for r in rows],
+        "leg_returned": [r[3].returned_quantity for r in rows], "leg_shipments": [r[2].shipment_id for r in rows],
+        "leg_ats": [r[2].dispatched_at for r in rows],
+    }
+
+
 def _order(row) -> Order:  # type: ignore[no-untyped-def]
-    lines = json.loads(row.lines) if isinstance(row.lines, str) else row.lines
+    lines = _json(row.lines)
     coupon = Coupon(row.coupon_code, row.coupon_funder, row.coupon_discount_fen) if row.coupon_code else None
-    return Order(
+    order = Order(
         order_id=row.order_id, status=Status(row.status), store_id=row.store_id, dealer_id=row.dealer_id,
         brand_id=row.brand_id, consumer_id=row.consumer_id,
         attribution=Attribution(row.attribution_scene, row.attribution_dealer_id, row.attribution_store_id,
@@ -182,8 +239,9 @@ def _order(row) -> Order:  # type: ignore[no-untyped-def]
         dispatched_at=row.dispatched_at, cancelled_at=row.cancelled_at, cancel_reason=row.cancel_reason,
         refunded_fen=row.refunded_fen, fulfilment_mode=Fulfilment(row.fulfilment_mode), warehouse_id=row.warehouse_id,
         pickup_code=row.pickup_code, delivered_at=row.delivered_at, completed_at=row.completed_at,
-        pickup_ready_at=row.pickup_ready_at,
+        pickup_ready_at=row.pickup_ready_at, legs=tuple(_leg(g) for g in _json(row.legs) or ()),
     )
+    return order if order.legs else replace(order, legs=(legacy_leg(order),))
 
 
 class OrderStore:
@@ -225,6 +283,7 @@ class OrderStore:
             "unit_prices": [li.unit_price_fen for _, _, li in lines],
             "unit_supply_prices": [li.unit_supply_price_fen for _, _, li in lines],
             "line_totals": [li.line_total_fen for _, _, li in lines],
+            **_leg_params(orders),
         }
         return {row.order_id for row in await conn.execute(_PLACE, params)}
 
@@ -281,15 +340,18 @@ class OrderStore:
         rows = (await conn.execute(_SELECT_MANY_LOCKED, {"ids": sorted(set(order_ids))})).all()
         return {row.order_id: _order(row) for row in rows}
 
-    async def record_dispatches(self, conn: Connection, dispatched: list[Order]) -> None:
-        """The shipments' effect on many locked orders (one row each), in one statement."""
+    async def record_dispatches(self, conn: Connection, dispatched: list[tuple[Order, Order]]) -> None:
+        """The shipments' effect on many locked orders (before, after) and their legs, in one statement."""
         if not dispatched:
             return
-        updated = await conn.execute(_DISPATCH_MANY, {
-            "ids": [o.order_id for o in dispatched], "statuses": [str(o.status) for o in dispatched],
-            "shipments": [o.shipment_id for o in dispatched], "ats": [o.dispatched_at for o in dispatched]})
-        if updated.rowcount != len(dispatched):
-            raise RuntimeError(f"{len(dispatched) - updated.rowcount} of {len(dispatched)} orders changed under "
+        after = [a for _, a in dispatched]
+        changed = (await conn.execute(_DISPATCH_MANY, {
+            "ids": [o.order_id for o in after], "befores": [str(b.status) for b, _ in dispatched],
+            "statuses": [str(o.status) for o in after], "shipments": [o.shipment_id for o in after],
+            "ats": [o.dispatched_at for o in after], "warehouses": [o.warehouse_id for o in after],
+            **_leg_params(after)})).scalar_one()
+        if changed != len(dispatched):
+            raise RuntimeError(f"{len(dispatched) - changed} of {len(dispatched)} orders changed under "
                                "their row locks")
 
     async def record_pickup_code(self, conn: Connection, order: Order) -> None:
@@ -387,6 +449,8 @@ class OrderStore:
                  "WHERE l.order_id = :id AND l.sku_id = v.sku"),
             {"id": after.order_id, "skus": [li.sku_id for li in after.lines],
              "qs": [li.refunded_quantity for li in after.lines], "fs": [li.refunded_fen for li in after.lines]})
+        if after.legs != before.legs:
+            await conn.execute(_RETURN_TO_LEGS, {"order_id": after.order_id, **_leg_params([after])})
 
     async def list_orders(self, conn: Connection, column: str, value: str, tenant: tuple[str, str] | None,
                           after: tuple[datetime, str] | None, limit: int) -> list[Order]:
@@ -401,9 +465,7 @@ class OrderStore:
             where.append("(o.created_at, o.order_id) < (:at, :oid)")
             params.update(at=after[0], oid=after[1])
         rows = await conn.execute(text(
-            f"SELECT {_ORDER_READ_COLS}, (SELECT json_agg(json_build_array({_LINE_READ_COLS}) ORDER BY line_no) "
-            f"FROM order_lines l WHERE l.order_id = o.order_id) AS lines FROM orders o WHERE {' AND '.join(where)} "
-            "ORDER BY o.created_at DESC, o.order_id DESC LIMIT :n"), params)
+            f"{_READ} WHERE {' AND '.join(where)} ORDER BY o.created_at DESC, o.order_id DESC LIMIT :n"), params)
         return [_order(r) for r in rows]
 
 

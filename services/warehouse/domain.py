@@ -396,6 +396,46 @@ def progress_of(legs: int, statuses: Iterable[str]) -> Progress:
                     sum(st == "DELIVERED" for st in statuses) >= legs)
 
 
+@dataclass(frozen=True)
+class Return:
+    """Units of one SKU a consumer sent back, and the legs orders says they shipped with (reservation,
+    location, units); no legs in refunds published before orders said so."""
+
+    sku_id: str
+    quantity: int
+    legs: tuple[tuple[str, str, int], ...] = ()
+
+
+def return_bookings(order_id: str, returns: Iterable[Return],
+                    shipments: Iterable[Shipment]) -> list[tuple[str, str, int]]:
+    """Where returned goods go back into stock, as (sku_id, warehouse_id, units) in the order stock rows are
+    locked in: each leg's units to the location its shipment left from, units no leg accounts for to the first
+    shipment that left with the SKU. Only shipments that left count (a split order's leg still waiting holds
+    nothing to return to). Orders accepts returns only of units that left, so this finds a place for every
+    one; none is a broken invariant (RETURN_NOT_SHIPPED)."""
+    out = [s for s in shipments if s.status in _OUT]
+    booked: dict[tuple[str, str], int] = {}
+    for r in returns:
+        carrying = [s for s in out if any(line.sku_id == r.sku_id for line in s.lines)]
+        if not carrying:
+            raise FailedPrecondition(f"sku {r.sku_id!r} is returned, but no shipment of order {order_id!r} left "
+                                     "with it", reason="RETURN_NOT_SHIPPED",
+                                     metadata={"order_id": order_id, "sku_id": r.sku_id})
+        left = r.quantity
+        for reservation_id, warehouse_id, units in r.legs:
+            shipment = next((s for s in carrying if s.reservation_id == reservation_id), None) or next(
+                (s for s in carrying if s.warehouse_id == warehouse_id), None)
+            units = min(units, left)
+            if shipment is not None and units > 0:
+                key = (r.sku_id, shipment.warehouse_id)
+                booked[key] = booked.get(key, 0) + units
+                left -= units
+        if left:
+            key = (r.sku_id, carrying[0].warehouse_id)
+            booked[key] = booked.get(key, 0) + left
+    return [(sku_id, warehouse_id, units) for (sku_id, warehouse_id), units in sorted(booked.items())]
+
+
 def page_after(token: str) -> int:
     """The movement id a page token stands for (0: from the start)."""
     if not token:

@@ -191,7 +191,9 @@ class OrderCancelledHandler:
 
 class OrderRefundedHandler:
     """Goods a consumer sent back go into the stock they shipped from, as return movements referencing the
-    refund. Only refunds with goods_returned move stock; a money-only refund leaves it alone."""
+    refund: each leg's units at the location its shipment left (orders names the legs). Only refunds with
+    goods_returned move stock; a money-only refund leaves it alone, also a partly shipped order's waiting
+    leg, which still goes."""
 
     def __init__(self, store: WarehouseStore):
         self.store = store
@@ -200,17 +202,13 @@ class OrderRefundedHandler:
         refund = event.refund
         if not refund.goods_returned:
             return
-        shipped_from = {line.sku_id: s.warehouse_id
-                        for s in await self.store.shipments_locked(conn, refund.order_id) for line in s.lines}
-        returns = domain.merge_lines((line.sku_id, line.quantity) for line in refund.lines)
-        for line in returns:  # sku_id order: the order stock rows are locked in everywhere
-            warehouse_id = shipped_from.get(line.sku_id)
-            if warehouse_id is None:
-                raise FailedPrecondition(
-                    f"refund {refund.provider_refund_id!r} returns sku {line.sku_id!r}, which order "
-                    f"{refund.order_id!r} has no shipment of", reason="RETURN_NOT_SHIPPED",
-                    metadata={"order_id": refund.order_id, "sku_id": line.sku_id})
-            await self.store.book(conn, warehouse_id, line.sku_id, line.quantity, domain.MovementReason.RETURN,
+        returns = [domain.Return(line.sku_id, line.quantity,
+                                 tuple((g.reservation_id, g.warehouse_id, g.quantity) for g in line.legs))
+                   for line in refund.lines]
+        shipments = await self.store.shipments_locked(conn, refund.order_id)
+        bookings = domain.return_bookings(refund.order_id, returns, shipments)
+        for sku_id, warehouse_id, units in bookings:  # (sku_id, warehouse_id): the order stock rows are locked in
+            await self.store.book(conn, warehouse_id, sku_id, units, domain.MovementReason.RETURN,
                                   refund.provider_refund_id)
 
 

@@ -98,7 +98,7 @@ def movement_pb(m: domain.Movement) -> pb.Movement:
 def shipment_dispatched(s: domain.Shipment, order_fully_dispatched: bool) -> ev.ShipmentDispatched:
     return ev.ShipmentDispatched(shipment_id=s.shipment_id, order_id=s.order_id, warehouse_id=s.warehouse_id,
                                  lines=lines_pb(s.lines), dispatched_at=to_proto(s.dispatched_at),
-                                 order_fully_dispatched=order_fully_dispatched)
+                                 order_fully_dispatched=order_fully_dispatched, reservation_id=s.reservation_id)
 
 
 def reservation_released(r: domain.Reservation, reason: str, at: datetime) -> ev.ReservationReleased:

@@ -170,11 +170,12 @@ def test_dispatch_moves_a_paid_order_and_ignores_the_same_shipment_again():
     assert domain.dispatch(dispatched, "shp_1", NOW) is None
 
 
-def test_dispatch_of_an_unpaid_order_or_a_second_shipment_is_refused():
+def test_dispatch_of_an_unpaid_order_is_refused_a_shipment_of_no_leg_after_it_left_changes_nothing():
     with pytest.raises(FailedPrecondition):
         domain.dispatch(order(), "shp_1", NOW)
-    with pytest.raises(FailedPrecondition):
-        domain.dispatch(order(status=Status.DISPATCHED), "shp_2", NOW)
+    # Several legs leaving together all say the order is complete; one the order cannot place is no leg of
+    # its own, and the order stays as it is.
+    assert domain.dispatch(order(status=Status.DISPATCHED), "shp_2", NOW, reservation_id="rsv_9") is None
 
 
 def test_a_split_order_is_partially_shipped_until_its_last_shipment_leaves():

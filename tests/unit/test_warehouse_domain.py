@@ -234,3 +234,27 @@ def test_a_pickup_takes_five_wrong_codes_then_is_locked_even_for_the_right_one()
         assert locked.value.reason == "PICKUP_LOCKED"
     with pytest.raises(FailedPrecondition):
         domain.check_collect(shipment("DISPATCHED"), "123456", "123456")
+
+
+# -- returns --------------------------------------------------------------------------------------------
+def _parcel(where: str, status: str, *lines: tuple[str, int]) -> domain.Shipment:
+    return domain.Shipment(f"shp_{where}", "ord_1", where, f"rsv_{where}", tuple(Line(s, q) for s, q in lines),
+                           T0, status)
+
+
+def test_returned_goods_go_back_where_their_leg_left_never_to_a_leg_still_waiting():
+    left = _parcel("far", "DELIVERED", ("sku_a", 1), ("sku_b", 1))
+    waiting = _parcel("hand", "CREATED", ("sku_a", 1))
+    parcels = [waiting, left]
+    named = [domain.Return("sku_a", 1, (("rsv_far", "far", 1),)), domain.Return("sku_b", 1, (("rsv_far", "far", 1),))]
+    assert domain.return_bookings("ord_1", named, parcels) == [("sku_a", "far", 1), ("sku_b", "far", 1)]
+    # A refund from before orders named legs: the first shipment that left with the SKU, not the waiting one.
+    assert domain.return_bookings("ord_1", [domain.Return("sku_a", 1)], parcels) == [("sku_a", "far", 1)]
+    # Matched by location when the reservation is not the shipment's (taken again elsewhere); units beyond the
+    # named legs go to the first that left.
+    both = [_parcel("near", "DISPATCHED", ("sku_a", 1)), left]
+    assert domain.return_bookings("ord_1", [domain.Return("sku_a", 2, (("rsv_x", "far", 1),))], both) == [
+        ("sku_a", "far", 1), ("sku_a", "near", 1)]
+    with pytest.raises(FailedPrecondition) as err:
+        domain.return_bookings("ord_1", [domain.Return("sku_a", 1)], [waiting])
+    assert err.value.reason == "RETURN_NOT_SHIPPED"
