@@ -126,9 +126,11 @@ class MarketingStore:
         consumed). Locks the coupon before the redemption, like a redemption does. False if there was
         nothing to give back."""
         await conn.execute(text("SELECT 1 FROM coupons WHERE code = :code FOR UPDATE"), {"code": code})
+        # `c.code = :code` repeats what the join implies so that the coupon is found by its key: a plan made
+        # on an empty table joined the freed redemption to a scan of every coupon.
         freed = (await conn.execute(
             text("WITH freed AS (DELETE FROM redemptions WHERE code = :code AND order_id = :o RETURNING code) "
                  "UPDATE coupons c SET status = 'ISSUED', redeemed_order_id = NULL, redeemed_at = NULL "
-                 "FROM freed WHERE c.code = freed.code AND c.redeemed_order_id = :o RETURNING 1"),
+                 "FROM freed WHERE c.code = freed.code AND c.code = :code AND c.redeemed_order_id = :o RETURNING 1"),
             {"code": code, "o": order_id})).first()
         return freed is not None

@@ -124,29 +124,41 @@ _POST = text("""
     ORDER BY p.n
 """)
 
-# A split with its legs and receivables, from one snapshot in one round trip.
+# Splits with their legs and receivables, from one snapshot in one round trip. Each split is one probe of the
+# primary key (a lateral sub-query behind OFFSET 0 is never flattened into a join): as `order_id = ANY(:ids)`,
+# a plan made while `splits` was empty compared every split with every id (~200 ms for 50 ids at 100,000
+# splits), because at fill factor 70 an empty table's guessed scan costs less than 50 index probes.
 _SPLITS = text("""
-    SELECT s.order_id, s.brand_id, s.dealer_id, s.store_id, s.paid_fen, s.cost_fen, s.brand_funded_discount_fen,
-           s.payment_journal_id, s.split_journal_id, s.settled_at, s.state, s.provider_txn_id, s.cap_fen, s.revision,
-           ARRAY(SELECT ROW(l.role, l.receiver_type, l.receiver_id, l.amount_fen, l.shared_fen, l.state,
-                            l.close_reason, l.refunded_fen, l.frozen_refund_fen)
-                 FROM split_legs l WHERE l.order_id = s.order_id ORDER BY l.leg) AS legs,
-           ARRAY(SELECT ROW(r.reason, r.creditor_type, r.creditor_id, r.debtor_type, r.debtor_id, r.amount_fen)
-                 FROM split_receivables r WHERE r.order_id = s.order_id
-                 ORDER BY r.reason, r.creditor_type, r.creditor_id) AS receivables
-    FROM splits s WHERE s.order_id = ANY(:ids)
+    SELECT x.* FROM (SELECT DISTINCT i.id FROM unnest(CAST(:ids AS text[])) AS i(id)) i
+    CROSS JOIN LATERAL (
+        SELECT s.order_id, s.brand_id, s.dealer_id, s.store_id, s.paid_fen, s.cost_fen, s.brand_funded_discount_fen,
+               s.payment_journal_id, s.split_journal_id, s.settled_at, s.state, s.provider_txn_id, s.cap_fen,
+               s.revision,
+               ARRAY(SELECT ROW(l.role, l.receiver_type, l.receiver_id, l.amount_fen, l.shared_fen, l.state,
+                                l.close_reason, l.refunded_fen, l.frozen_refund_fen)
+                     FROM split_legs l WHERE l.order_id = s.order_id ORDER BY l.leg) AS legs,
+               ARRAY(SELECT ROW(r.reason, r.creditor_type, r.creditor_id, r.debtor_type, r.debtor_id, r.amount_fen)
+                     FROM split_receivables r WHERE r.order_id = s.order_id
+                     ORDER BY r.reason, r.creditor_type, r.creditor_id) AS receivables
+        FROM splits s WHERE s.order_id = i.id
+        OFFSET 0
+    ) x
 """)
 # The sharing job leases due splits, so two replicas never work on one split at once; a crashed worker's
 # lease simply runs out. The lease commits at once: a refund meanwhile sees the lease and waits, so the legs
-# read right after are the ones the job works from.
+# read right after are the ones the job works from. The leased rows are also named by their keys
+# (`= ANY(ARRAY(...))`): a generic plan guesses a tenth of the due splits for `LIMIT :n`, and with fresh
+# statistics joined that guess to a scan of every split (~3,400 buffers a pass at 100,000 splits).
 _CLAIM_DUE = text("""
-    UPDATE splits SET lease_until = clock_timestamp() + make_interval(secs => :lease_s), attempts = attempts + 1
-    WHERE order_id IN (
+    WITH due AS MATERIALIZED (
         SELECT order_id FROM splits
         WHERE state <> 'COMPLETED' AND due_at <= clock_timestamp()
           AND (lease_until IS NULL OR lease_until <= clock_timestamp())
-        ORDER BY due_at LIMIT :n FOR UPDATE SKIP LOCKED)
-    RETURNING order_id
+        ORDER BY due_at LIMIT :n FOR UPDATE SKIP LOCKED
+    )
+    UPDATE splits s SET lease_until = clock_timestamp() + make_interval(secs => :lease_s), attempts = s.attempts + 1
+    FROM due WHERE s.order_id = due.order_id AND s.order_id = ANY(ARRAY(SELECT order_id FROM due))
+    RETURNING s.order_id
 """)
 # Progress is written only over the state it was computed from: a split moved on by someone else meanwhile
 # makes a count fall short and the whole batch roll back. The split rows are locked in order_id order first
@@ -185,15 +197,22 @@ _ADD_DEBTS = text("""
     DO UPDATE SET outstanding_fen = d.outstanding_fen + excluded.outstanding_fen
 """)
 # Dealers with something owed, no transfer in flight, and an available balance to pay from: one debt each
-# (the oldest creditor first), so the balance is spent once.
+# (the oldest creditor first), so the balance is spent once. The transfer in flight is one probe of the
+# open-transfer index per candidate (a lateral sub-query with a LIMIT is always joined that way): as an
+# anti-join, a plan made while that index was empty or without statistics read all of it for every
+# candidate (~30,000 buffers for 300 candidates and 125 open transfers: dealers squared).
 _TRANSFER_CANDIDATES = text("""
     SELECT DISTINCT ON (d.debtor_id) d.creditor_type, d.creditor_id, d.debtor_type, d.debtor_id,
            d.outstanding_fen, d.transfers, a.balance_fen AS available_fen
     FROM debts d
     JOIN accounts a ON a.party_type = d.debtor_type AND a.party_id = d.debtor_id AND a.purpose = 'MERCHANT_AVAILABLE'
-    WHERE d.outstanding_fen > 0 AND d.debtor_type = 'DEALER' AND a.balance_fen > 0
-      AND NOT EXISTS (SELECT 1 FROM debt_transfers t WHERE t.debtor_type = d.debtor_type
-                      AND t.debtor_id = d.debtor_id AND t.state = 'REQUESTED')
+    LEFT JOIN LATERAL (
+        SELECT true AS open FROM debt_transfers t
+        WHERE t.debtor_type = d.debtor_type AND t.debtor_id = d.debtor_id AND t.state = 'REQUESTED'
+          AND t.done_at IS NULL
+        LIMIT 1
+    ) t ON true
+    WHERE d.outstanding_fen > 0 AND d.debtor_type = 'DEALER' AND a.balance_fen > 0 AND t.open IS NULL
     ORDER BY d.debtor_id, d.creditor_type, d.creditor_id
     LIMIT :n
 """)
@@ -205,9 +224,10 @@ _PLAN_TRANSFERS = text("""
                                       CAST(:amounts AS bigint[]))
     ON CONFLICT DO NOTHING
 """)
+# `done_at IS NULL` is what the open-transfer index is keyed on (migration 0013).
 _OPEN_TRANSFERS = text("""
     SELECT creditor_type, creditor_id, debtor_type, debtor_id, seq, amount_fen FROM debt_transfers
-    WHERE state = 'REQUESTED' ORDER BY requested_at LIMIT :n
+    WHERE state = 'REQUESTED' AND done_at IS NULL ORDER BY requested_at LIMIT :n
 """)
 _FINISH_TRANSFERS = text("""
     WITH done AS (
@@ -248,10 +268,11 @@ _RECORD_REFUND = text("""
     )
     UPDATE splits SET cap_fen = :cap, revision = :revision WHERE order_id = :o
 """)
+# `done_at IS NULL` is what the queue's index is keyed on (migration 0013).
 _DUE_RETURNS = text("""
     SELECT r.return_no, r.order_id, r.refund_id, r.role, r.receiver_type, r.receiver_id, r.amount_fen, s.dealer_id
     FROM split_returns r JOIN splits s USING (order_id)
-    WHERE r.state = 'REQUESTED' AND r.next_attempt_at <= clock_timestamp()
+    WHERE r.state = 'REQUESTED' AND r.done_at IS NULL AND r.next_attempt_at <= clock_timestamp()
     ORDER BY r.next_attempt_at LIMIT :n
 """)
 _RETURNS_DONE = text("""
@@ -262,7 +283,7 @@ _RETURNS_RETRY = text("""
     UPDATE split_returns SET attempts = attempts + 1, last_error = u.error,
         next_attempt_at = clock_timestamp() + make_interval(secs => :retry_s)
     FROM unnest(CAST(:nos AS text[]), CAST(:errors AS text[])) AS u(no, error)
-    WHERE return_no = u.no AND state = 'REQUESTED'
+    WHERE return_no = u.no AND state = 'REQUESTED' AND return_no = ANY(CAST(:nos AS text[]))
 """)
 _JOURNAL_PAGE = text("""
     SELECT p.posting_id, j.journal_id, j.kind, j.business_key, coalesce(j.order_id, '') AS order_id, a.purpose,
@@ -272,7 +293,10 @@ _JOURNAL_PAGE = text("""
       AND j.created_at >= :from_time AND j.created_at < :to_time
     ORDER BY p.posting_id LIMIT :n
 """)
-_DAY_ORDERS = text("""
+# A dealer's day or the brand's, one statement each: a party column chosen in SQL (CASE on the party type)
+# is an expression no index covers, so the day was found by reading all of `splits_brand_day` (~100,000
+# buffers at 100,000 splits, with fresh statistics).
+_DAY_ORDERS_SQL = """
     SELECT count(*) AS orders, coalesce(sum(s.paid_fen), 0) AS gross,
            coalesce(sum(s.brand_funded_discount_fen), 0) AS coupons,
            coalesce(sum(l.cost), 0) AS cost, coalesce(sum(l.commissions), 0) AS commissions
@@ -282,14 +306,14 @@ _DAY_ORDERS = text("""
                sum(amount_fen) FILTER (WHERE role IN ('STORE_COMMISSION', 'GUIDE_COMMISSION', 'PLATFORM_FEE'))
                    AS commissions
         FROM split_legs WHERE order_id = s.order_id) l
-    WHERE (CASE WHEN :t = 'DEALER' THEN s.dealer_id ELSE s.brand_id END) = :i
-      AND s.settled_at >= :start AND s.settled_at < :end
-""")
-_DAY_REFUNDS = text("""
+    WHERE s.{party} = :i AND s.settled_at >= :start AND s.settled_at < :end
+"""
+_DAY_REFUNDS_SQL = """
     SELECT coalesce(sum(r.amount_fen), 0) AS refunded FROM refunds r JOIN splits s USING (order_id)
-    WHERE (CASE WHEN :t = 'DEALER' THEN s.dealer_id ELSE s.brand_id END) = :i
-      AND r.recorded_at >= :start AND r.recorded_at < :end
-""")
+    WHERE s.{party} = :i AND r.recorded_at >= :start AND r.recorded_at < :end
+"""
+_DAY_ORDERS = {party: text(_DAY_ORDERS_SQL.format(party=party)) for party in ("dealer_id", "brand_id")}
+_DAY_REFUNDS = {party: text(_DAY_REFUNDS_SQL.format(party=party)) for party in ("dealer_id", "brand_id")}
 _DAY_ACCOUNTS = text("""
     SELECT a.purpose,
            coalesce(sum(p.amount_fen) FILTER (WHERE j.created_at >= :start AND j.created_at < :end), 0) AS change,
@@ -343,10 +367,13 @@ _WAIT_REFUND = text("""
     INSERT INTO waiting_refunds (order_id, refund_id, amount_fen) VALUES (:o, :r, :amount)
     ON CONFLICT (order_id, refund_id) DO NOTHING
 """)
-# Waiting refunds whose split has finished sharing, oldest first.
+# Waiting refunds whose split has finished sharing, oldest first. Each waiting refund's split is one probe
+# of its primary key: as a join, a plan made while `splits` was empty, or without its statistics, read every
+# split (and with the waiting refunds probed once per completed split, ~63,000 buffers at 100,000 splits).
 _READY_REFUNDS = text("""
-    SELECT w.order_id, w.refund_id, w.amount_fen FROM waiting_refunds w JOIN splits s USING (order_id)
-    WHERE s.state = 'COMPLETED' ORDER BY w.received_at LIMIT :n
+    SELECT w.order_id, w.refund_id, w.amount_fen FROM waiting_refunds w
+    WHERE (SELECT s.state FROM splits s WHERE s.order_id = w.order_id) = 'COMPLETED'
+    ORDER BY w.received_at LIMIT :n
 """)
 _UNWAIT_REFUND = text("DELETE FROM waiting_refunds WHERE order_id = :o AND refund_id = :r")
 _VERIFY_COUNTS = text("""
@@ -672,8 +699,9 @@ class LedgerStore:
     async def statement(self, conn: Connection, party: Party, day: str) -> Statement:
         start, end = day_bounds(day)
         args = {"t": party.type.value, "i": party.id, "start": start, "end": end}
-        o = (await conn.execute(_DAY_ORDERS, args)).one()
-        refunded = (await conn.execute(_DAY_REFUNDS, args)).scalar_one()
+        column = "dealer_id" if party.type is PartyType.DEALER else "brand_id"
+        o = (await conn.execute(_DAY_ORDERS[column], args)).one()
+        refunded = (await conn.execute(_DAY_REFUNDS[column], args)).scalar_one()
         accounts = {Purpose(r.purpose): r for r in (await conn.execute(_DAY_ACCOUNTS, args)).all()}
         net = sum(int(accounts[p].change) for p in STATEMENT_PURPOSES[party.type] if p in accounts)
 

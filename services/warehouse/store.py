@@ -3,7 +3,14 @@
 Every statement that changes on_hand or reserved also writes the movements for that change, in the same
 statement, so the ledger cannot drift from the levels. Stock rows are always locked in (sku_id, warehouse_id)
 order (`... ORDER BY sku_id[, warehouse_id] FOR UPDATE`, one location's rows being a subsequence of that
-order) before they are updated, so two statements touching the same SKUs cannot deadlock each other."""
+order) before they are updated, so two statements touching the same SKUs cannot deadlock each other.
+
+Every statement here is a prepared statement whose generic plan is kept until its tables are next analyzed,
+and the plans of a fresh deployment are made on empty tables. So a statement that joins a batch's keys to a
+table that grows also restricts that table by the keys themselves (`... = ANY(:keys)`, on the columns of the
+index that should serve it): whatever join the plan picks, the table is then read through that index for the
+batch's rows only, never scanned whole. Measured on 100,000 orders with the plans made on empty tables: the
+statements of a paid batch went from ~2,100-2,600 buffers to ~250-540."""
 
 from __future__ import annotations
 
@@ -47,7 +54,7 @@ _LINES = "lines AS (SELECT * FROM unnest(CAST(:skus AS text[]), CAST(:qtys AS bi
 
 # ReserveStock calls held at one location each, many in one statement run outside an explicit transaction:
 # the hot stock rows are locked only until the statement commits, and the whole batch shares that commit.
-# The logic lives in the database function reserve_calls (migration 0005): prior reservations by key or
+# The logic lives in the database function reserve_calls (migrations 0005, 0006): prior reservations by key or
 # order, the candidate rows locked in (sku_id, warehouse_id) order, each call's first-fit choice in arrival
 # order, all lines or none, and the levels, reservations, lines and movements written together.
 _RESERVE_CALLS = text("SELECT * FROM reserve_calls(CAST(:rids AS text[]), CAST(:order_ids AS text[]), "
@@ -67,12 +74,14 @@ _RELEASE = text("""
         SELECT s.warehouse_id, s.sku_id, w.quantity FROM stock s
         JOIN (SELECT warehouse_id, sku_id, sum(quantity) AS quantity FROM lines GROUP BY warehouse_id, sku_id) w
           ON w.warehouse_id = s.warehouse_id AND w.sku_id = s.sku_id
+        WHERE s.sku_id = ANY(CAST(:skus AS text[])) AND s.warehouse_id = ANY(CAST(:line_ws AS text[]))
         ORDER BY s.sku_id, s.warehouse_id FOR UPDATE OF s
     ),
     freed AS (
         UPDATE stock s SET reserved = s.reserved - k.quantity, updated_at = now()
         FROM locked k
         WHERE s.warehouse_id = k.warehouse_id AND s.sku_id = k.sku_id AND s.reserved >= k.quantity
+          AND s.sku_id = ANY(CAST(:skus AS text[])) AND s.warehouse_id = ANY(CAST(:line_ws AS text[]))
         RETURNING s.warehouse_id, s.sku_id
     ),
     moved AS (
@@ -85,7 +94,7 @@ _RELEASE = text("""
         UPDATE reservations r SET status = 'RELEASED', release_reason = x.reason, updated_at = now()
         FROM unnest(CAST(:rids AS text[]), CAST(:reasons AS text[]), CAST(:from_statuses AS text[]))
              AS x(rid, reason, from_status)
-        WHERE r.reservation_id = x.rid AND r.status = x.from_status
+        WHERE r.reservation_id = x.rid AND r.status = x.from_status AND r.reservation_id = ANY(CAST(:rids AS text[]))
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM freed) AS rows, (SELECT count(*) FROM changed) AS reservations
@@ -114,12 +123,13 @@ _SHIPMENT_ROWS = """
 _TAKE_HELD = """
     locked AS MATERIALIZED (
         SELECT s.sku_id, l.quantity FROM stock s JOIN lines l ON l.sku_id = s.sku_id
-        WHERE s.warehouse_id = :w ORDER BY s.sku_id FOR UPDATE OF s
+        WHERE s.warehouse_id = :w AND s.sku_id = ANY(ARRAY(SELECT sku_id FROM lines)) ORDER BY s.sku_id FOR UPDATE OF s
     ),
     taken AS (
         UPDATE stock s SET on_hand = s.on_hand - k.quantity, reserved = s.reserved - k.quantity, updated_at = now()
         FROM locked k
         WHERE s.warehouse_id = :w AND s.sku_id = k.sku_id AND s.reserved >= k.quantity
+          AND s.sku_id = ANY(ARRAY(SELECT sku_id FROM lines))
         RETURNING s.sku_id, k.quantity
     ),
     moved AS (
@@ -147,6 +157,8 @@ _SHIP_HELD_MANY = text("""
     locked AS MATERIALIZED (
         SELECT s.warehouse_id, s.sku_id, w.quantity FROM stock s
         JOIN wanted w ON w.warehouse_id = s.warehouse_id AND w.sku_id = s.sku_id
+        WHERE s.sku_id = ANY(CAST(:skus AS text[]) || CAST(:lock_skus AS text[]))
+          AND s.warehouse_id = ANY(CAST(:line_ws AS text[]) || CAST(:lock_ws AS text[]))
         ORDER BY s.sku_id, s.warehouse_id FOR UPDATE OF s
     ),
     taken AS (
@@ -154,6 +166,7 @@ _SHIP_HELD_MANY = text("""
         FROM locked k
         WHERE k.quantity > 0 AND s.warehouse_id = k.warehouse_id AND s.sku_id = k.sku_id
           AND s.reserved >= k.quantity
+          AND s.sku_id = ANY(CAST(:skus AS text[])) AND s.warehouse_id = ANY(CAST(:line_ws AS text[]))
         RETURNING s.warehouse_id, s.sku_id
     ),
     moved AS (
@@ -173,8 +186,7 @@ _SHIP_HELD_MANY = text("""
     ),
     changed AS (
         UPDATE reservations r SET status = 'SHIPPED', updated_at = now()
-        FROM unnest(CAST(:rids AS text[])) AS x(rid)
-        WHERE r.reservation_id = x.rid AND r.status = 'RESERVED'
+        WHERE r.reservation_id = ANY(CAST(:rids AS text[])) AND r.status = 'RESERVED'
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM taken) AS rows, (SELECT count(*) FROM changed) AS reservations
@@ -186,7 +198,7 @@ _RETAKE_AND_SHIP = text(f"""
     WITH {_LINES},
     locked AS MATERIALIZED (
         SELECT s.sku_id, l.quantity FROM stock s JOIN lines l ON l.sku_id = s.sku_id
-        WHERE s.warehouse_id = :w AND s.on_hand - s.reserved >= l.quantity
+        WHERE s.warehouse_id = :w AND s.sku_id = ANY(CAST(:skus AS text[])) AND s.on_hand - s.reserved >= l.quantity
         ORDER BY s.sku_id FOR UPDATE OF s
     ),
     taken AS (
@@ -194,6 +206,7 @@ _RETAKE_AND_SHIP = text(f"""
         FROM locked k
         WHERE (SELECT count(*) FROM locked) = :n
           AND s.warehouse_id = :w AND s.sku_id = k.sku_id AND s.on_hand - s.reserved >= k.quantity
+          AND s.sku_id = ANY(CAST(:skus AS text[]))
         RETURNING s.sku_id, k.quantity
     ),
     moved AS (
@@ -414,8 +427,11 @@ class WarehouseStore:
         return [_reservation(r) for r in rows]
 
     async def prior_reservations(self, conn: Connection, key: str, order_id: str) -> list[Reservation]:
+        # Two single-index probes: a cached plan for the OR can be a scan of every reservation.
         rows = await conn.execute(
-            text(f"SELECT {_RESERVATION_COLS} FROM reservations r WHERE r.idempotency_key = :key OR r.order_id = :o"),
+            text(f"SELECT {_RESERVATION_COLS} FROM reservations r WHERE r.idempotency_key = :key "
+                 f"UNION ALL SELECT {_RESERVATION_COLS} FROM reservations r "
+                 "WHERE r.order_id = :o AND r.idempotency_key <> :key"),
             {"key": key, "o": order_id},
         )
         return [_reservation(r) for r in rows]
@@ -435,8 +451,12 @@ class WarehouseStore:
         shipping or release in (order_id, leg) order, so that batches of orders cannot deadlock each other;
         whether each leg's location has a shipment of the order already, and what kind of location holds it
         (and whose store, for store stock)."""
-        sql = (f"SELECT {_RESERVATION_COLS}, EXISTS (SELECT 1 FROM shipments s WHERE s.order_id = r.order_id "
-               "AND s.warehouse_id = r.warehouse_id) AS shipped, h.kind AS location_kind, "
+        # Each leg's shipment is one probe of the (order_id, warehouse_id) key: a scalar sub-query, unlike
+        # EXISTS, cannot be planned as a hash of the whole table (which a plan made while `shipments` was small
+        # and never analyzed did: a scan of every shipment per batch).
+        sql = (f"SELECT {_RESERVATION_COLS}, (SELECT true FROM shipments s WHERE s.order_id = r.order_id "
+               "AND s.warehouse_id = r.warehouse_id) IS NOT NULL AS shipped, "
+               "h.kind AS location_kind, "
                "h.store_id AS location_store_id, h.manual_fulfilment AS location_manual "
                "FROM reservations r JOIN warehouses h ON h.warehouse_id = r.warehouse_id "
                "WHERE r.order_id = ANY(CAST(:orders AS text[])) ORDER BY r.order_id, r.leg FOR UPDATE OF r")
@@ -459,7 +479,9 @@ class WarehouseStore:
         pairs = [(w, line.sku_id) for w, lines in legs for line in lines]
         await conn.execute(text(
             "SELECT 1 FROM stock s JOIN unnest(CAST(:ws AS text[]), CAST(:ss AS text[])) AS p(w, sku) "
-            "ON s.warehouse_id = p.w AND s.sku_id = p.sku ORDER BY s.sku_id, s.warehouse_id FOR UPDATE OF s"),
+            "ON s.warehouse_id = p.w AND s.sku_id = p.sku "
+            "WHERE s.sku_id = ANY(CAST(:ss AS text[])) AND s.warehouse_id = ANY(CAST(:ws AS text[])) "
+            "ORDER BY s.sku_id, s.warehouse_id FOR UPDATE OF s"),
             {"ws": [w for w, _ in pairs], "ss": [sku for _, sku in pairs]})
 
     async def progress(self, conn: Connection, order_id: str) -> Progress:
@@ -494,7 +516,9 @@ class WarehouseStore:
         rows = (await conn.execute(text(
             "SELECT s.warehouse_id, s.sku_id, s.on_hand - s.reserved AS available FROM stock s "
             "JOIN unnest(CAST(:ws AS text[]), CAST(:ss AS text[])) AS p(w, sku) "
-            "ON s.warehouse_id = p.w AND s.sku_id = p.sku ORDER BY s.sku_id, s.warehouse_id FOR UPDATE OF s"),
+            "ON s.warehouse_id = p.w AND s.sku_id = p.sku "
+            "WHERE s.sku_id = ANY(CAST(:ss AS text[])) AND s.warehouse_id = ANY(CAST(:ws AS text[])) "
+            "ORDER BY s.sku_id, s.warehouse_id FOR UPDATE OF s"),
             params)).all()
         available = {(r.warehouse_id, r.sku_id): r.available for r in rows}
         if any(available.get((w, line.sku_id), 0) < line.quantity for _, w, line in flat):
@@ -502,7 +526,8 @@ class WarehouseStore:
         await conn.execute(text(
             "UPDATE stock s SET reserved = s.reserved + p.q, updated_at = now() "
             "FROM unnest(CAST(:ws AS text[]), CAST(:ss AS text[]), CAST(:qs AS bigint[])) AS p(w, sku, q) "
-            "WHERE s.warehouse_id = p.w AND s.sku_id = p.sku"), params)
+            "WHERE s.warehouse_id = p.w AND s.sku_id = p.sku "
+            "AND s.sku_id = ANY(CAST(:ss AS text[])) AND s.warehouse_id = ANY(CAST(:ws AS text[]))"), params)
         made = (await conn.execute(text(
             "INSERT INTO reservations (reservation_id, order_id, warehouse_id, status, idempotency_key, "
             "request_hash, created_at, expires_at, leg) "
