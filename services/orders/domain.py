@@ -406,7 +406,14 @@ def cancel_paid(order: Order, reason: str, at: datetime,
     (exact per line; None if money-only refunds already paid everything back) and the order is CANCELLED.
     Once anything left it is refunds and returns."""
     if not awaiting_hand_over(order):
-        check_transition(order.status, Status.CANCELLED)  # raises for an unpaid or partly shipped order
+        # Goods that left are refused as HANDED_OVER whichever step orders has followed them to (the warehouse
+        # refuses a cancel of a shipment handed to the carrier with the same reason): a caller racing the
+        # shipment's event gets one answer.
+        if not order.payment_txn_id:
+            raise FailedPrecondition(f"order {order.order_id!r} is not paid: cancelling it needs no refund",
+                                     reason="ORDER_NOT_PAID", metadata={"order_id": order.order_id})
+        if order.status is Status.CANCELLED:
+            check_transition(order.status, Status.CANCELLED)  # raises: cancelled already
         raise FailedPrecondition(f"order {order.order_id!r} was handed over: refunds and returns apply",
                                  reason="HANDED_OVER", metadata={"order_id": order.order_id})
     check_transition(order.status, Status.CANCELLED)

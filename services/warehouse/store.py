@@ -137,11 +137,10 @@ _TAKE_HELD = """
         SELECT :w, sku_id, -quantity, -quantity, 'shipment', :sid FROM taken ORDER BY sku_id
     )"""
 
-# RESERVED -> SHIPPED for the held legs of many orders at once (the order-paid consumer's batch). Every
-# stock row the batch touches, shipped here or by a later statement of the same transaction (`lock_only`,
-# quantity 0: a released leg re-taken at its own location), is locked first, in (sku_id, warehouse_id)
-# order; then the units leave, one UPDATE per row, with a movement per shipment line, the shipments, their
-# lines and the reservations' status. `rows` and `reservations` let the caller check that everything moved.
+# The held legs of many orders leave at once (the order-paid consumer's batch). Every stock row the batch
+# touches, shipped here or by a later statement of the same transaction (`lock_only`, quantity 0: a released
+# leg re-taken at its own location), is locked first, in (sku_id, warehouse_id) order; then the units leave,
+# one UPDATE per row, with a movement per shipment line. `rows` lets the caller check that everything moved.
 _SHIP_HELD_MANY = text("""
     WITH lines AS (
         SELECT * FROM unnest(CAST(:line_sids AS text[]), CAST(:line_ws AS text[]), CAST(:skus AS text[]),
@@ -174,22 +173,29 @@ _SHIP_HELD_MANY = text("""
         SELECT l.warehouse_id, l.sku_id, -l.quantity, -l.quantity, 'shipment', l.shipment_id
         FROM lines l JOIN taken t ON t.warehouse_id = l.warehouse_id AND t.sku_id = l.sku_id
         ORDER BY l.sku_id, l.warehouse_id, l.shipment_id
-    ),
-    shipment AS (
+    )
+    SELECT count(*) AS rows FROM taken
+""")
+# The shipments of those legs, their lines and the reservations' RESERVED -> SHIPPED: rows no reservation
+# waits for (the reservations are locked by the caller already, the shipments are new), written before the
+# stock rows are taken, so that the hot rows stay locked only for the statement above and the commit.
+_RECORD_SHIPPED = text("""
+    WITH shipment AS (
         INSERT INTO shipments (shipment_id, order_id, warehouse_id, reservation_id, status, dispatched_at)
         SELECT x.sid, x.o, x.w, x.rid, 'DISPATCHED', x.at
         FROM unnest(CAST(:sids AS text[]), CAST(:order_ids AS text[]), CAST(:ws AS text[]),
                     CAST(:rids AS text[]), CAST(:ats AS timestamptz[])) AS x(sid, o, w, rid, at)
     ),
     shipped_lines AS (
-        INSERT INTO shipment_lines (shipment_id, sku_id, quantity) SELECT shipment_id, sku_id, quantity FROM lines
+        INSERT INTO shipment_lines (shipment_id, sku_id, quantity)
+        SELECT * FROM unnest(CAST(:line_sids AS text[]), CAST(:skus AS text[]), CAST(:qtys AS bigint[]))
     ),
     changed AS (
         UPDATE reservations r SET status = 'SHIPPED', updated_at = now()
         WHERE r.reservation_id = ANY(CAST(:rids AS text[])) AND r.status = 'RESERVED'
         RETURNING 1
     )
-    SELECT (SELECT count(*) FROM taken) AS rows, (SELECT count(*) FROM changed) AS reservations
+    SELECT count(*) AS reservations FROM changed
 """)
 
 # RELEASED -> SHIPPED from warehouse :w: take the units again with the same conditional update as a
@@ -643,22 +649,26 @@ class WarehouseStore:
     # -- shipments --------------------------------------------------------------------------------------
     async def ship_held_many(self, conn: Connection, legs: list[tuple[Reservation, Shipment]],
                              lock_only: Sequence[tuple[str, tuple[Line, ...]]] = ()) -> None:
-        """Every held leg ships at once, in one statement; `lock_only` (location, lines) are stock rows a
-        later statement of the transaction changes, locked here with the rest in the one lock order."""
+        """Every held leg ships at once: its shipment and the reservation's status first, then the stock rows,
+        which reservations wait for; `lock_only` (location, lines) are stock rows a later statement of the
+        transaction changes, locked here with the rest in the one lock order."""
         lines = [(shipment, line) for _, shipment in legs for line in shipment.lines]
         locks = [(w, line.sku_id) for w, held in lock_only for line in held]
-        row = (await conn.execute(_SHIP_HELD_MANY, {
-            "line_sids": [s.shipment_id for s, _ in lines], "line_ws": [s.warehouse_id for s, _ in lines],
-            "skus": [line.sku_id for _, line in lines], "qtys": [line.quantity for _, line in lines],
-            "lock_ws": [w for w, _ in locks], "lock_skus": [sku for _, sku in locks],
-            "sids": [s.shipment_id for _, s in legs], "order_ids": [s.order_id for _, s in legs],
+        line_params = {"line_sids": [s.shipment_id for s, _ in lines], "skus": [line.sku_id for _, line in lines],
+                       "qtys": [line.quantity for _, line in lines]}
+        changed = (await conn.execute(_RECORD_SHIPPED, {
+            **line_params, "sids": [s.shipment_id for _, s in legs], "order_ids": [s.order_id for _, s in legs],
             "ws": [s.warehouse_id for _, s in legs], "rids": [r.reservation_id for r, _ in legs],
             "ats": [s.dispatched_at for _, s in legs],
-        })).one()
+        })).scalar_one() if legs else 0
+        taken = (await conn.execute(_SHIP_HELD_MANY, {
+            **line_params, "line_ws": [s.warehouse_id for s, _ in lines],
+            "lock_ws": [w for w, _ in locks], "lock_skus": [sku for _, sku in locks],
+        })).scalar_one()
         rows = len({(s.warehouse_id, line.sku_id) for s, line in lines})
-        if row.rows != rows or row.reservations != len(legs):
-            raise RuntimeError(f"shipping {len(legs)} held reservations changed {row.rows}/{rows} stock rows and "
-                               f"{row.reservations} reservations")
+        if taken != rows or changed != len(legs):
+            raise RuntimeError(f"shipping {len(legs)} held reservations changed {taken}/{rows} stock rows and "
+                               f"{changed} reservations")
 
     async def retake_and_ship(self, conn: Connection, reservation: Reservation, shipment: Shipment) -> bool:
         """False (and nothing changed) if the warehouse no longer has every line available."""

@@ -213,9 +213,11 @@ class _Counting:
     def __init__(self, conn):  # type: ignore[no-untyped-def]
         self.conn = conn
         self.statements = 0
+        self.sql: list[str] = []
 
     async def execute(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         self.statements += 1
+        self.sql.append(str(args[0]))
         return await self.conn.execute(*args, **kwargs)
 
     def after_commit(self, callback) -> None:  # type: ignore[no-untyped-def]
@@ -226,7 +228,7 @@ def _delivery() -> Delivery:
     return Delivery(message_id=event_id(), subject="orders.order.paid", created_ms=0, attempt=1)
 
 
-async def test_a_batch_of_orders_held_at_one_location_costs_three_statements(stack, clients, world):
+async def test_a_batch_of_orders_held_at_one_location_costs_four_statements_and_locks_stock_last(stack, clients, world):
     sku, other = world.new_sku(stock=50).sku_id, world.new_sku(stock=50).sku_id
     held = [reserve(clients, f"ord-{key()}", (sku, 1), *([(other, 2)] if i % 2 else [])) for i in range(20)]
     batch = [(paid(r), _delivery()) for r in held]
@@ -236,8 +238,10 @@ async def test_a_batch_of_orders_held_at_one_location_costs_three_statements(sta
         async with engine.begin() as conn:
             counting = _Counting(conn)
             await OrderPaidHandler(WarehouseStore())(counting, batch)  # type: ignore[arg-type]
-        # The legs loaded and locked, every held leg shipped, every event written: one statement each.
-        assert counting.statements == 3
+        # The legs loaded and locked, every event written, every shipment recorded, every stock row taken:
+        # one statement each, the stock rows (which reservations wait for) by the last one before the commit.
+        assert counting.statements == 4
+        assert "UPDATE stock" in counting.sql[-1] and all("stock" not in sql for sql in counting.sql[:-1])
     finally:
         await engine.dispose()
     for r in held:

@@ -62,12 +62,15 @@ def test_a_paid_order_not_handed_over_is_cancelled_with_everything_refunded():
     _, fully = domain.refund(paid, "rf_1", [], False, NOW)
     assert domain.cancel_paid(fully, "x", NOW, "cancel-ord_1")[0] is None
     # Handed over, unpaid or cancelled already: refused.
-    for late in (order(status=Status.DISPATCHED), order(), cancelled):
-        with pytest.raises(FailedPrecondition):
+    for late, reason in ((domain.dispatch(paid, "shp_1", NOW, complete=True), "HANDED_OVER"),
+                         (order(), "ORDER_NOT_PAID"), (cancelled, "ILLEGAL_ORDER_TRANSITION")):
+        with pytest.raises(FailedPrecondition) as err:
             domain.cancel_paid(late, "too late", NOW, "cancel-ord_1")
+        assert err.value.reason == reason
     partial_ship = domain.dispatch(paid, "shp_1", NOW, complete=False)
-    with pytest.raises(FailedPrecondition):
+    with pytest.raises(FailedPrecondition) as err:
         domain.cancel_paid(partial_ship, "too late", NOW, "cancel-ord_1")
+    assert err.value.reason == "HANDED_OVER"
 
 
 def test_a_partial_refund_carries_its_share_of_the_discount():
