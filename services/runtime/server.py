@@ -76,9 +76,12 @@ async def serve(name: str, wire: Wire) -> None:
         # on no consumer, and consumers only fall a little behind while the API is busy.
         os.nice(settings.worker_nice)
     metrics.start(name, settings.metrics_port)
+    # A worker names itself apart, so that its sessions and connections can be told from the API's
+    # (pg_stat_activity, NATS connection lists).
+    process_name = f"omo-{name}-worker" if settings.role == "worker" else f"omo-{name}"
     engine = db.create_engine(settings.database_url, name, pool_size=settings.db_pool_size,
-                              application_name=f"omo-{name}")
-    nc = await bus.connect(settings.nats_url, f"omo-{name}")
+                              application_name=process_name)
+    nc = await bus.connect(settings.nats_url, process_name)
     js = nc.jetstream(timeout=5.0)
     await bus.ensure_streams(js)
     rt = Runtime(settings, engine, nc, js)
