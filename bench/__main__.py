@@ -14,7 +14,7 @@ from services.cli.stack import Stack, StackOptions
 from services.cli.stubs import Stubs
 
 from . import hot_sku, ledger, orders_flow
-from .stats import write
+from .stats import machine_speed_ms, write
 
 
 def _run(scenario):  # type: ignore[no-untyped-def]
@@ -38,10 +38,10 @@ def main() -> None:
                         help="seconds for each of the ledger's batched and naive runs")
     parser.add_argument("--no-fsync", action="store_true", help="run Postgres without durability (diagnosis only)")
     args = parser.parse_args()
+    results: dict = {"machine_speed_ms": machine_speed_ms()}  # measured while nothing else of the run is up
     home = pathlib.Path(tempfile.mkdtemp(prefix="omo-bench-"))
     stack = Stack(StackOptions.isolated(home, durable=not args.no_fsync,
                                                 extra_env={"OMO_LOG_LEVEL": "warning"}))
-    results: dict = {}
     try:
         stack.start()
         stubs = Stubs.connect(stack.address)
@@ -89,6 +89,8 @@ def _summary(r: dict) -> str:
     if "ledger_postings_per_s" in r:
         parts.append(f"ledger {r['ledger_postings_per_s']} postings/s batched vs {r['ledger_naive_postings_per_s']} "
                      "one journal per transaction")
+    if "machine_speed_ms" in r:
+        parts.append(f"machine speed {r['machine_speed_ms']} ms (lower is faster)")
     return "; ".join(parts)
 
 
