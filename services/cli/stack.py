@@ -31,17 +31,19 @@ class StackOptions:
     nats_url: str | None = None  # external NATS; None starts the embedded one
     pg_port: int = 54329
     nats_port: int = 4222
-    grpc_ports: dict[str, int] = field(default_factory=lambda: dict(config.GRPC_PORTS))
-    metrics_ports: dict[str, int] = field(default_factory=lambda: dict(config.METRICS_PORTS))
+    # The ports the services would take by themselves (defaults or OMO_<SERVICE>_PORT and friends).
+    grpc_ports: dict[str, int] = field(default_factory=lambda: {s: config.grpc_port(s) for s in config.SERVICES})
+    metrics_ports: dict[str, int] = field(default_factory=lambda: {
+        s: config.metrics_port(s) for s in config.SERVICES})
     durable: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     # Each service with background work runs it in a worker process of its own, at a lower CPU priority,
     # beside its API process (OMO_ROLE); False runs one process per service doing both.
     split_roles: bool = field(default_factory=lambda: os.environ.get("OMO_SPLIT_ROLES", "1") != "0")
     worker_ports: dict[str, int] = field(default_factory=lambda: {
-        s: config.GRPC_PORTS[s] + config.WORKER_PORT_OFFSET for s in config.WORKER_SERVICES})
+        s: config.worker_port(s) for s in config.WORKER_SERVICES})
     worker_metrics_ports: dict[str, int] = field(default_factory=lambda: {
-        s: config.METRICS_PORTS[s] + config.WORKER_PORT_OFFSET for s in config.WORKER_SERVICES})
+        s: config.worker_metrics_port(s) for s in config.WORKER_SERVICES})
 
     @classmethod
     def from_env(cls, **overrides: object) -> StackOptions:

@@ -27,13 +27,13 @@ from services.runtime.db import Database
 from services.runtime.errors import DomainError, InvalidArgument
 from services.runtime.idempotency import request_hash
 from services.runtime.ids import derived_id
+from services.runtime.interceptors import DETAILS_KEY
 
 from . import domain
 from .batching import OrderWrites
 from .listings import DEFAULT_MAX_AGE_S, Listings
 from .store import OrderStore, Placing, Prior, Refusal
 
-_STATUS_DETAILS = "grpc-status-details-bin"
 # A coupon refused for one of these reasons is refused for good: the stock held for the order is given back.
 # Anything else (marketing down, a timeout) may hide a redemption that did happen, so the reservation stays for
 # the caller's retry, which converges on the same redemption.
@@ -225,7 +225,7 @@ def _check_same_request(recorded: bytes, digest: bytes) -> None:
 
 def _status_details(err: grpc.aio.AioRpcError) -> bytes:
     for k, v in err.trailing_metadata() or ():
-        if k == _STATUS_DETAILS:
+        if k == DETAILS_KEY:
             return bytes(v)
     return b""
 
@@ -233,7 +233,7 @@ def _status_details(err: grpc.aio.AioRpcError) -> bytes:
 def _replay(refusal: Refusal) -> None:
     """Answer a retry of a refused placement as the dependency answered the first attempt (same code, same
     google.rpc details); the error interceptor passes it on like a live refusal."""
-    trailer = grpc.aio.Metadata((_STATUS_DETAILS, refusal.status_details)) if refusal.status_details else None
+    trailer = grpc.aio.Metadata((DETAILS_KEY, refusal.status_details)) if refusal.status_details else None
     raise grpc.aio.AioRpcError(grpc.StatusCode[refusal.code], grpc.aio.Metadata(), trailer or grpc.aio.Metadata(),
                                details=refusal.message)
 

@@ -253,8 +253,6 @@ class OrderStore:
             found[row.key] = Prior(bytes(row.request_hash), row.order_id, refusal)
         return found
 
-    async def prior(self, conn: Connection, idempotency_key: str) -> Prior | None:
-        return (await self.priors(conn, [idempotency_key])).get(idempotency_key)
 
     async def add_orders(self, conn: Connection, placements: list[Placing]) -> set[str]:
         """Insert orders with their lines; the ids of those inserted (not those that existed already)."""
@@ -287,9 +285,6 @@ class OrderStore:
         }
         return {row.order_id for row in await conn.execute(_PLACE, params)}
 
-    async def add_order(self, conn: Connection, order: Order, idempotency_key: str, request_hash: bytes) -> bool:
-        """Insert the order with its lines; False if an order with this id exists already."""
-        return bool(await self.add_orders(conn, [Placing(order, idempotency_key, request_hash)]))
 
     async def add_refusal(self, conn: Connection, idempotency_key: str, request_hash: bytes,
                           refusal: Refusal) -> None:
@@ -305,9 +300,6 @@ class OrderStore:
         row = (await conn.execute(_SELECT_LOCKED if lock else _SELECT, {"id": order_id})).first()
         return _order(row) if row else None
 
-    async def order_hash(self, conn: Connection, order_id: str) -> bytes:
-        return bytes((await conn.execute(text("SELECT request_hash FROM orders WHERE order_id = :id"),
-                                         {"id": order_id})).scalar_one())
 
     async def record_payments(self, conn: Connection, payments: list[Paying]) -> set[str]:
         """Mark orders PAID, keep the notifications and queue their events, in one statement: the ids of the
@@ -323,7 +315,7 @@ class OrderStore:
         })).one()
         by_order = dict(zip((p.paid.order_id for p in payments), announcements, strict=True))
         for order_id, outbox_id, created_ms in zip(row.paid, row.outbox_ids, row.created_ms, strict=True):
-            by_order[order_id].written(outbox_id, created_ms)
+            by_order[order_id].written(conn, outbox_id, created_ms)
         return set(row.paid)
 
     async def record_payment(self, conn: Connection, payment: Paying) -> bool:

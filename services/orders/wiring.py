@@ -55,7 +55,8 @@ async def wire(rt: Runtime) -> Wiring:
         window_s,
         float(os.environ.get("OMO_LISTINGS_MAX_AGE_S") or DEFAULT_MAX_AGE_S),
     )
-    await follow_listings(rt, placement.listings)
+    if rt.settings.role != "worker":  # a worker places no orders: it has no use for the listings
+        await follow_listings(rt, placement.listings)
     api = OrderApi(rt.engine, store, placement)
     sweep_s = float(os.environ.get("OMO_SWEEP_INTERVAL_S") or 1.0)
     pickup_s = float(os.environ.get("OMO_PICKUP_WINDOW_S") or domain.DEFAULT_PICKUP_WINDOW_S)

@@ -3,8 +3,6 @@ derived from the caller's remaining time and forwards request id and principal."
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
 
 from . import reqctx
@@ -60,6 +58,3 @@ _RETRY_CONFIG = (
     ' "maxBackoff": "0.5s", "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}'
 )
 
-
-def details_of(err: Any) -> str:
-    return err.details() if hasattr(err, "details") else str(err)

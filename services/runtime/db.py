@@ -120,7 +120,6 @@ class Connection:
             raise _translated(err, sql, params) from err
         return Result(rows, _rowcount(status))
 
-
     async def run_script(self, sql: str) -> None:
         """Several statements in one simple-protocol round trip, without parameters (their values must be
         literals the caller made safe) and without results."""

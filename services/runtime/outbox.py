@@ -48,16 +48,6 @@ _CLAIM = text(
     """
 )
 _DONE = text("DELETE FROM outbox WHERE id = ANY(:ids)")
-
-
-def _forget_published(ids: list[int]) -> str:
-    """The direct path's delete, as one simple-protocol round trip that does not wait for its WAL flush: a
-    delete lost in a database crash only means those rows are published again, which JetStream's duplicate
-    check and the consumers' inboxes absorb. Measured on the order path, waiting for the flush of every relay
-    batch's delete was a large share of all commit waits. The ids are integers from our own table."""
-    listed = ",".join(str(int(i)) for i in ids)
-    return (f"BEGIN; SET LOCAL synchronous_commit = off; DELETE FROM outbox WHERE id = ANY('{{{listed}}}'::bigint[]); "
-            "COMMIT;")
 _RETRY = text(
     """
     UPDATE outbox SET attempts = attempts + 1, last_error = :error,
@@ -71,6 +61,17 @@ HEADER_EVENT_ID = "Omo-Event-Id"
 HEADER_TYPE = "Omo-Event-Type"
 HEADER_CREATED_MS = "Omo-Created-Ms"
 HEADER_REQUEST_ID = "Omo-Request-Id"
+
+
+def _forget_published(ids: list[int]) -> str:
+    """The direct path's delete, as one simple-protocol round trip that does not wait for its WAL flush: a
+    delete lost in a database crash only means those rows are published again, which JetStream's duplicate
+    check and the consumers' inboxes absorb. Measured on the order path, waiting for the flush of every relay
+    batch's delete was a large share of all commit waits. The ids are integers from our own table."""
+    listed = ",".join(str(int(i)) for i in ids)
+    return (f"BEGIN; SET LOCAL synchronous_commit = off; DELETE FROM outbox WHERE id = ANY('{{{listed}}}'::bigint[]); "
+            "COMMIT;")
+
 
 _log = log.get(__name__)
 _wake = asyncio.Event()
@@ -122,15 +123,9 @@ async def add_many(conn: Connection, events: list[tuple[str, Message]]) -> None:
 
 
 class Announcement:
-    """For a statement that announces its own change in the same breath, without an explicit transaction:
-    `WITH changed AS (UPDATE ... RETURNING ...), announced AS (INSERT_ONE + " FROM changed") SELECT ...,
-    (SELECT outbox_id FROM announced), (SELECT outbox_created_ms FROM announced)`. The statement takes
-    `params`; once it ran, `written(outbox_id, created_ms)` hands the row to the relay (it committed with
-    the statement)."""
-
-    INSERT_ONE = ("INSERT INTO outbox (subject, event_type, payload, request_id) "
-                  "SELECT :outbox_subject, :outbox_type, CAST(:outbox_payload AS bytea), :outbox_rid")
-    RETURNING = " RETURNING id AS outbox_id, (extract(epoch FROM created_at) * 1000)::bigint AS outbox_created_ms"
+    """An event that a set-based statement writes to the outbox itself, beside the change it announces (the
+    orders' payment statement, one row per order paid): the columns it inserts, and `written` to hand the
+    row it made to the relay once it is committed, as `add` does."""
 
     def __init__(self, subject: str, event: Message):
         self.subject = subject
@@ -138,15 +133,9 @@ class Announcement:
         self.payload = event.SerializeToString()
         self.request_id = reqctx.request_id()
 
-    @property
-    def params(self) -> dict[str, object]:
-        return {"outbox_subject": self.subject, "outbox_type": self.event_type, "outbox_payload": self.payload,
-                "outbox_rid": self.request_id}
-
-    def written(self, outbox_id: int | None, created_ms: int | None) -> None:
-        if outbox_id is not None:
-            _hand_over([Outgoing(outbox_id, self.subject, self.event_type, self.payload, self.request_id,
-                                 created_ms or 0)])
+    def written(self, conn: Connection, outbox_id: int, created_ms: int) -> None:
+        row = Outgoing(outbox_id, self.subject, self.event_type, self.payload, self.request_id, created_ms)
+        conn.after_commit(lambda: _hand_over([row]))
 
 
 class OutboxRelay:

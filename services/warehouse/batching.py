@@ -11,9 +11,6 @@ locks stock rows in, so batches do not deadlock each other, split reservations o
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
-
 from sqlalchemy.exc import DBAPIError
 
 from services.runtime.batch import Batcher
@@ -27,32 +24,18 @@ _IN_FLIGHT = 2
 _MAX_BATCH = 256
 _CONFLICT = ReserveResult(False, None, None, {}, conflict=True)
 
-Queue = deque[tuple[ReserveCall, asyncio.Future[ReserveResult]]]
-
 
 class ReserveBatcher(Batcher[ReserveCall, ReserveResult]):
     def __init__(self, engine: Database, store: WarehouseStore):
-        super().__init__(self._run, max_batch=_MAX_BATCH, in_flight=_IN_FLIGHT)
+        # Never two calls for one key or one order in a batch: the later one waits for the next batch, and
+        # then finds the first one's reservation.
+        super().__init__(self._run, max_batch=_MAX_BATCH, in_flight=_IN_FLIGHT,
+                         distinct=lambda call: (("key", call.key), ("order", call.order_id)))
         self.engine = engine
         self.store = store
 
     async def reserve(self, call: ReserveCall) -> ReserveResult:
         return await self.submit(call)
-
-    def take(self, queue: Queue) -> list[tuple[ReserveCall, asyncio.Future[ReserveResult]]]:
-        """The next batch: up to max_batch calls in arrival order, never two for one key or order (the later
-        one waits for the next batch, and then finds the first one's reservation)."""
-        batch, keys, orders, later = [], set(), set(), []
-        while queue and len(batch) < self.max_batch:
-            call, future = queue.popleft()
-            if call.key in keys or call.order_id in orders:
-                later.append((call, future))
-                continue
-            keys.add(call.key)
-            orders.add(call.order_id)
-            batch.append((call, future))
-        queue.extendleft(reversed(later))
-        return batch
 
     async def _run(self, calls: list[ReserveCall]) -> list[ReserveResult]:
         try:

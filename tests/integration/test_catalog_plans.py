@@ -7,11 +7,9 @@ their primary keys for the requested pairs only."""
 
 from __future__ import annotations
 
-import pytest
-
 from services.catalog.store import CatalogStore
 
-from .plan_probe import PlanProbe, analyze, assert_reads_by_index, drop_schema, indexes_used, run_sql, scratch_schema
+from .plan_probe import PlanProbe, analyze, assert_reads_by_index, indexes_used, run_sql, schema_fixture
 
 STORES, SKUS, LISTED = 2_000, 1_000, 50
 FILL = [
@@ -36,11 +34,7 @@ def quote(conn):  # type: ignore[no-untyped-def]
     return CatalogStore().quote_inputs(conn, [(s, [f"sku{(int(s[4:]) * 7 + 1) % SKUS:04d}"]) for s in stores])
 
 
-@pytest.fixture(scope="module")
-async def schema(stack):  # type: ignore[no-untyped-def]
-    name = await scratch_schema(stack.admin_url, "catalog")
-    yield name
-    await drop_schema(stack.admin_url, name)
+schema = schema_fixture("catalog")
 
 
 async def test_the_quote_keeps_primary_key_lookups_made_on_empty_or_unanalyzed_tables(stack, schema):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import pytest
-
 from services.marketing.domain import Coupon, CouponStatus, Funder, Redemption
 from services.marketing.store import MarketingStore
 
@@ -18,9 +16,9 @@ from .plan_probe import (
     PlanProbe,
     analyze,
     assert_reads_by_index,
-    drop_schema,
+    prime,
     run_sql,
-    scratch_schema,
+    schema_fixture,
 )
 
 COUPONS = 50_000
@@ -61,21 +59,13 @@ def statements() -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-async def schema(stack):  # type: ignore[no-untyped-def]
-    name = await scratch_schema(stack.admin_url, "marketing")
-    yield name
-    await drop_schema(stack.admin_url, name)
+schema = schema_fixture("marketing")
 
 
 async def test_redeeming_and_giving_back_keep_key_lookups_made_on_empty_or_unanalyzed_tables(stack, schema):
     hot = statements()
     async with PlanProbe(stack.admin_url, schema) as on_empty:
-        for effect in hot.values():
-            try:
-                await on_empty.plans(effect)
-            except RuntimeError:  # nothing to redeem in empty tables: only the plans matter here
-                pass
+        await prime(on_empty, hot.values(), (RuntimeError,))  # nothing to redeem in empty tables
         await run_sql(stack.admin_url, schema, *FILL)
         async with PlanProbe(stack.admin_url, schema) as unanalyzed:
             for probe in (on_empty, unanalyzed):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import pytest
 from sqlalchemy.exc import DBAPIError
 
 from services.warehouse.domain import Line, Reservation, ReservationStatus, Shipment
@@ -21,10 +20,10 @@ from .plan_probe import (
     PlanProbe,
     analyze,
     assert_reads_by_index,
-    drop_schema,
     indexes_used,
+    prime,
     run_sql,
-    scratch_schema,
+    schema_fixture,
 )
 
 ORDERS = 20_000
@@ -133,27 +132,16 @@ def hot_statements() -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-async def schema(stack):  # type: ignore[no-untyped-def]
-    name = await scratch_schema(stack.admin_url, "warehouse")
-    yield name
-    await drop_schema(stack.admin_url, name)
+schema = schema_fixture("warehouse")
+# On empty tables the batches find none of their rows and fail (a broken invariant, a missing foreign key).
+TOLERATED = (RuntimeError, DBAPIError)
 
-
-async def tolerated(effect, conn) -> None:  # type: ignore[no-untyped-def]
-    """On empty tables the batches find none of their rows and fail (a broken invariant, a missing foreign key):
-    the plans they made are kept all the same, and only those matter there."""
-    try:
-        await effect(conn)
-    except (RuntimeError, DBAPIError):
-        pass
 
 
 async def test_hot_statements_keep_index_plans_made_on_empty_tables_or_before_any_analyze(stack, schema):
     statements = hot_statements()
     async with PlanProbe(stack.admin_url, schema) as on_empty:
-        for effect in statements.values():
-            await on_empty.plans(lambda c, e=effect: tolerated(e, c))
+        await prime(on_empty, statements.values(), TOLERATED)
         await run_sql(stack.admin_url, schema, *FILL)
         async with PlanProbe(stack.admin_url, schema) as unanalyzed:
             for probe in (on_empty, unanalyzed):
