@@ -21,20 +21,6 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank]
 
 
-def machine_speed_ms() -> float:
-    """How long a fixed piece of pure-Python work takes here, best of three: the same code measures
-    differently as the machine's speed changes (a shared host), and this says which kind of moment a run
-    had. Lower is faster."""
-    best = math.inf
-    for _ in range(3):
-        started = time.perf_counter()
-        total = 0
-        for i in range(2_000_000):
-            total += i
-        best = min(best, time.perf_counter() - started)
-    return round(best * 1000, 1)
-
-
 def write(results: dict, summary: str) -> pathlib.Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     doc = {

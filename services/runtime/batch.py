@@ -51,11 +51,15 @@ class Batcher(Generic[T, R]):
     """Items that arrive while earlier batches are being handled wait, and are then handled together:
     `await batcher.submit(item)` returns that item's result. At most `in_flight` batches run at once; an
     item that finds a free slot goes at once, alone, so batches form only under load and no timer adds
-    latency. `run(items)` returns one result (or exception, raised to that item's caller) per item."""
+    latency — unless `linger_s` is set: a batch then waits that long for company before it is taken (up
+    to `max_batch` items go at once), for steps where fewer, larger batches are worth a few milliseconds.
+    `run(items)` returns one result (or exception, raised to that item's caller) per item."""
 
     def __init__(self, run: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]], *, max_batch: int = 128,
-                 in_flight: int = 2, distinct: Callable[[T], Iterable[Hashable]] | None = None):
+                 in_flight: int = 2, distinct: Callable[[T], Iterable[Hashable]] | None = None,
+                 linger_s: float = 0.0):
         self.run = run
+        self.linger_s = linger_s
         self.max_batch = max_batch
         self.in_flight = in_flight
         # Items sharing any of these keys never go in one batch (the later one waits for the next), e.g. two
@@ -99,6 +103,8 @@ class Batcher(Generic[T, R]):
     async def _drain(self) -> None:
         try:
             while self._queue:
+                if self.linger_s > 0 and len(self._queue) < self.max_batch:
+                    await asyncio.sleep(self.linger_s)
                 batch = self.take(self._queue)
                 try:
                     results = await self.run([item for item, _ in batch])

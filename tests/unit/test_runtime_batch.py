@@ -36,6 +36,21 @@ async def test_a_lone_item_goes_at_once_and_later_ones_wait_for_the_next_batch()
     assert sizes == [1, 5]
 
 
+async def test_a_lingering_batch_waits_for_company_but_never_beyond_its_size() -> None:
+    sizes: list[int] = []
+
+    async def run(items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        return items
+
+    batcher: Batcher[int, int] = Batcher(run, in_flight=1, max_batch=4, linger_s=0.05)
+    first = batcher.submit(0)
+    await asyncio.sleep(0.01)  # within the linger: these join the first item's batch
+    rest = [batcher.submit(i) for i in range(1, 6)]
+    assert [await first, *[await f for f in rest]] == [0, 1, 2, 3, 4, 5]
+    assert sizes == [4, 2]
+
+
 async def test_each_item_gets_its_own_failure_and_a_failed_batch_fails_every_item() -> None:
     async def run(items: list[int]) -> list[int | BaseException]:
         if 0 in items:
