@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ from omo.orders.v1 import orders_pb2 as ords
 from omo.orders.v1 import orders_pb2_grpc
 from omo.settlement.v1 import events_pb2 as stl_events
 from omo.warehouse.v1 import events_pb2 as wh_events
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.cli.seed import DemoWorld
 
@@ -56,8 +58,28 @@ class FlowStats:
         self.errors[name] = self.errors.get(name, 0) + 1
 
 
+def _place_order_histogram(metrics_url: str) -> dict[str, float]:
+    """orders' own PlaceOrder latency histogram: calls, their total seconds, and calls within 100 ms."""
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    seen = {"count": 0.0, "sum": 0.0, "within_100ms": 0.0}
+    for family in text_string_to_metric_families(text):
+        if family.name != "omo_rpc_latency_seconds":
+            continue
+        for sample in family.samples:
+            if sample.labels.get("method") != "PlaceOrder":
+                continue
+            if sample.name.endswith("_count"):
+                seen["count"] = sample.value
+            elif sample.name.endswith("_sum"):
+                seen["sum"] = sample.value
+            elif sample.name.endswith("_bucket") and float(sample.labels["le"]) == 0.1:
+                seen["within_100ms"] = sample.value
+    return seen
+
+
 async def run(orders_addr: str, nats_url: str, world: DemoWorld, *, duration_s: float, buyers: int = 48,
-              rate: float | None = None, warmup_s: float = 2.0, drain_s: float = 30.0) -> dict:
+              rate: float | None = None, warmup_s: float = 2.0, drain_s: float = 30.0,
+              orders_metrics_url: str | None = None) -> dict:
     stats = FlowStats()
     nc = await nats.connect(nats_url)
 
@@ -121,6 +143,21 @@ async def run(orders_addr: str, nats_url: str, world: DemoWorld, *, duration_s: 
             task.add_done_callback(in_flight.discard)
         await asyncio.gather(*in_flight)
 
+    async def server_side() -> dict[str, float]:
+        """What orders itself measured of the PlaceOrder calls in the window, from its metrics: the time
+        a call spent inside the server, without the client's or the transport's queueing."""
+        await asyncio.sleep(max(0.0, window_start - time.monotonic()))
+        before = await asyncio.to_thread(_place_order_histogram, orders_metrics_url)
+        await asyncio.sleep(max(0.0, stop_at - time.monotonic()))
+        after = await asyncio.to_thread(_place_order_histogram, orders_metrics_url)
+        calls = after["count"] - before["count"]
+        if calls <= 0:
+            return {}
+        return {"place_server_mean_ms": round((after["sum"] - before["sum"]) / calls * 1000, 2),
+                "place_server_within_100ms_pct": round((after["within_100ms"] - before["within_100ms"])
+                                                       / calls * 100, 2)}
+
+    server = asyncio.create_task(server_side()) if orders_metrics_url else None
     cpu_before = cpu.snapshot()
     if rate is None:
         await asyncio.gather(*(buyer(n) for n in range(buyers)))
@@ -155,6 +192,7 @@ async def run(orders_addr: str, nats_url: str, world: DemoWorld, *, duration_s: 
         "event_lag_p99_ms": round(percentile(lags, 99), 2),
         "dispatch_lag_p99_ms": round(percentile(dispatch_lags, 99), 2),
         "split_lag_p99_ms": round(percentile(split_lags, 99), 2),
+        **(await server if server is not None else {}),
         "errors": stats.errors,
         "cpu_ms_per_order": cpu.per_unit_ms(cpu_before, cpu_after, len(settled)),
         **({"offered_per_s": rate} if rate is not None else {"buyers": buyers}),
