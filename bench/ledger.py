@@ -17,8 +17,6 @@ import pathlib
 import time
 import uuid
 
-import asyncpg
-
 from services.runtime import db, migrate
 from services.settlement import domain
 from services.settlement.store import LedgerStore
@@ -59,13 +57,7 @@ async def _measure(engine, run: str, *, per_tx_orders: int, naive: bool, duratio
 
 
 async def run(admin_url: str, *, duration_s: float, batch: int = 200, writers: int = 4) -> dict:
-    schema = f"ledger_bench_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'CREATE SCHEMA "{schema}"')
-    finally:
-        await conn.close()
-    await asyncio.to_thread(migrate.upgrade, schema, MIGRATIONS, admin_url)
+    schema = await migrate.private_schema(admin_url, "ledger_bench", MIGRATIONS)
     engine = db.create_engine(admin_url, schema, pool_size=writers)
     try:
         run_id = uuid.uuid4().hex[:8]

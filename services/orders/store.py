@@ -253,7 +253,6 @@ class OrderStore:
             found[row.key] = Prior(bytes(row.request_hash), row.order_id, refusal)
         return found
 
-
     async def add_orders(self, conn: Connection, placements: list[Placing]) -> set[str]:
         """Insert orders with their lines; the ids of those inserted (not those that existed already)."""
         orders = [p.order for p in placements]
@@ -285,7 +284,6 @@ class OrderStore:
         }
         return {row.order_id for row in await conn.execute(_PLACE, params)}
 
-
     async def add_refusal(self, conn: Connection, idempotency_key: str, request_hash: bytes,
                           refusal: Refusal) -> None:
         await conn.execute(
@@ -299,7 +297,6 @@ class OrderStore:
         """The order with its lines; `lock` holds its row until the transaction ends (payments, shipments)."""
         row = (await conn.execute(_SELECT_LOCKED if lock else _SELECT, {"id": order_id})).first()
         return _order(row) if row else None
-
 
     async def record_payments(self, conn: Connection, payments: list[Paying]) -> set[str]:
         """Mark orders PAID, keep the notifications and queue their events, in one statement: the ids of the

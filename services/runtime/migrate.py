@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import uuid
 
+import asyncpg
 from alembic import command, context
 from alembic.config import Config
 from sqlalchemy import pool, text
@@ -25,6 +27,21 @@ def _config(service: str, migrations: pathlib.Path, url: str) -> Config:
 
 def upgrade(service: str, migrations: pathlib.Path, url: str, revision: str = "head") -> None:
     command.upgrade(_config(service, migrations, url), revision)
+
+
+async def private_schema(admin_url: str, prefix: str, migrations: pathlib.Path, revision: str = "head") -> str:
+    """A new schema `<prefix>_<random>` holding a service's tables as its migrations make them (up to
+    `revision`), for a test or a benchmark that must not touch the service's own schema. Its name is returned;
+    dropping it is the caller's."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+    finally:
+        await conn.close()
+    # Alembic runs its own event loop (run_env): not on this one.
+    await asyncio.to_thread(upgrade, schema, migrations, admin_url, revision)
+    return schema
 
 
 def run_env() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import pathlib
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,13 +27,7 @@ SERVICES = pathlib.Path(__file__).resolve().parents[2] / "services"
 async def scratch_schema(admin_url: str, service: str) -> str:
     """A new schema holding the service's tables (its migrations, run there), with autovacuum off so that
     nothing but the test analyzes them."""
-    schema = f"plans_{service}_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'CREATE SCHEMA "{schema}"')
-    finally:
-        await conn.close()
-    await asyncio.to_thread(migrate.upgrade, schema, SERVICES / service / "migrations", admin_url)
+    schema = await migrate.private_schema(admin_url, f"plans_{service}", SERVICES / service / "migrations")
     conn = await asyncpg.connect(admin_url)
     try:
         for table in await tables(conn, schema):

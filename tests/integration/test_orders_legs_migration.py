@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
-import uuid
 from datetime import UTC, datetime
 
 import asyncpg
@@ -61,17 +60,7 @@ async def _insert_legacy(url: str, schema: str, orders=LEGACY) -> None:  # type:
 
 @pytest.fixture(scope="module")
 def legacy(stack):  # type: ignore[no-untyped-def]
-    schema = f"orders_legs_{uuid.uuid4().hex[:8]}"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(stack.admin_url)
-        try:
-            await conn.execute(f'CREATE SCHEMA "{schema}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    migrate.upgrade(schema, MIGRATIONS, stack.admin_url, "0005")
+    schema = asyncio.run(migrate.private_schema(stack.admin_url, "orders_legs", MIGRATIONS, "0005"))
     asyncio.run(_insert_legacy(stack.admin_url, schema))
     migrate.upgrade(schema, MIGRATIONS, stack.admin_url)
     return stack.admin_url, schema

@@ -39,17 +39,7 @@ PROVIDER = Party(PartyType.PROVIDER, "wechatpay")
 
 @pytest.fixture(scope="module")
 def lab_url(stack):  # type: ignore[no-untyped-def]
-    schema = f"settlement_batches_{uuid.uuid4().hex[:8]}"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(stack.admin_url)
-        try:
-            await conn.execute(f'CREATE SCHEMA "{schema}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    migrate.upgrade(schema, MIGRATIONS, stack.admin_url)
+    schema = asyncio.run(migrate.private_schema(stack.admin_url, "settlement_batches", MIGRATIONS))
     return stack.admin_url, schema
 
 

@@ -6,6 +6,7 @@ migrations), so no running service works on these splits meanwhile."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import pathlib
 import uuid
@@ -29,21 +30,7 @@ RATES = domain.SplitRates(guide_commission_bp=100)
 
 @pytest.fixture(scope="module")
 def lab_url(stack):  # type: ignore[no-untyped-def]
-    import asyncio
-
-    import asyncpg
-
-    schema = f"settlement_lab_{uuid.uuid4().hex[:8]}"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(stack.admin_url)
-        try:
-            await conn.execute(f'CREATE SCHEMA "{schema}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    migrate.upgrade(schema, MIGRATIONS, stack.admin_url)
+    schema = asyncio.run(migrate.private_schema(stack.admin_url, "settlement_lab", MIGRATIONS))
     return stack.admin_url, schema
 
 
