@@ -65,7 +65,7 @@ class Settings:
     # "all": RPCs and background work in one process (the default). "api": RPCs only. "worker": consumers,
     # sweepers and jobs only, at a lower CPU priority (`worker_nice`), serving just the health service.
     role: str = "all"
-    worker_nice: int = 10
+    worker_nice: int = 19
 
     def address_of(self, service: str) -> str:
         """Where another service listens, for gRPC clients."""
@@ -109,7 +109,7 @@ def load(service: str) -> Settings:
         grpc_port=worker_port(service) if worker else grpc_port(service),
         metrics_port=worker_metrics_port(service) if worker else metrics_port(service),
         role=role,
-        worker_nice=int(_env("OMO_WORKER_NICE", "10")),
+        worker_nice=int(_env("OMO_WORKER_NICE", "19")),
         database_url=service_database_url(service),
         nats_url=_env("NATS_URL", DEFAULT_NATS_URL),
         log_level=_env("OMO_LOG_LEVEL", "info"),

@@ -111,7 +111,7 @@ def test_background_work_runs_in_worker_processes_at_lower_priority(stack):
             continue
         worker = stack.procs[f"{svc}-worker"]
         nice = int(open(f"/proc/{worker.pid}/stat").read().rsplit(")", 1)[1].split()[16])
-        assert nice == 10, svc
+        assert nice == 19, svc
         api_metrics = urllib.request.urlopen(f"http://127.0.0.1:{stack.opts.metrics_ports[svc]}/metrics").read()
         worker_metrics = urllib.request.urlopen(
             f"http://127.0.0.1:{stack.opts.worker_metrics_ports[svc]}/metrics").read()
