@@ -51,8 +51,9 @@ class Batcher(Generic[T, R]):
     """Items that arrive while earlier batches are being handled wait, and are then handled together:
     `await batcher.submit(item)` returns that item's result. At most `in_flight` batches run at once; an
     item that finds a free slot goes at once, alone, so batches form only under load and no timer adds
-    latency — unless `linger_s` is set: a batch then waits that long for company before it is taken (up
-    to `max_batch` items go at once), for steps where fewer, larger batches are worth a few milliseconds.
+    latency — unless `linger_s` is set: every batch then waits that long for company before it is taken,
+    also one whose items already waited behind the batch before it (up to `max_batch` items go at once),
+    for steps where fewer, larger batches are worth a few milliseconds.
     `run(items)` returns one result (or exception, raised to that item's caller) per item."""
 
     def __init__(self, run: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]], *, max_batch: int = 128,
