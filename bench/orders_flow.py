@@ -61,7 +61,7 @@ class FlowStats:
 def _place_order_histogram(metrics_url: str) -> dict[str, float]:
     """orders' own PlaceOrder latency histogram: calls, their total seconds, and calls within 100 ms."""
     text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
-    seen = {"count": 0.0, "sum": 0.0, "within_100ms": 0.0}
+    seen = {"count": 0.0, "sum": 0.0}
     for family in text_string_to_metric_families(text):
         if family.name != "omo_rpc_latency_seconds":
             continue
@@ -74,6 +74,10 @@ def _place_order_histogram(metrics_url: str) -> dict[str, float]:
                 seen["sum"] = sample.value
             elif sample.name.endswith("_bucket") and float(sample.labels["le"]) == 0.1:
                 seen["within_100ms"] = sample.value
+    if seen["count"] and "within_100ms" not in seen:
+        # Without a 100 ms bucket every call would count as slower: a wrong figure rather than none.
+        raise RuntimeError(f"{metrics_url}: omo_rpc_latency_seconds has no le=0.1 bucket for PlaceOrder")
+    seen.setdefault("within_100ms", 0.0)
     return seen
 
 
