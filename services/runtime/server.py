@@ -72,8 +72,11 @@ async def serve(name: str, wire: Wire) -> None:
     log.configure(name, settings.log_level, settings.log_format)
     serves_rpcs, works = settings.role in ("all", "api"), settings.role in ("all", "worker")
     if settings.role == "worker" and settings.worker_nice:
-        # Background work yields the CPU to the RPC path whenever both want it: an order's placement waits
-        # on no consumer, and consumers only fall a little behind while the API is busy.
+        # Background work yields the CPU to the RPC processes whenever both want it: an order's placement
+        # waits on no consumer, and consumers only fall a little behind while the API is busy. Only to the
+        # processes that share its scheduling group, though: where the kernel groups by session (autogroup),
+        # every Postgres backend is a group of its own and nice does not reach across groups
+        # (docs/performance.md, "Scheduling groups, and the reservation hop").
         os.nice(settings.worker_nice)
     metrics.start(name, settings.metrics_port)
     # A worker names itself apart, so that its sessions and connections can be told from the API's
